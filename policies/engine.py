@@ -1,0 +1,341 @@
+"""The decision engine: what a ticket, as it is now, means for the grants it owns.
+
+``decide`` is pure: no I/O, no clock (``now`` is passed in), no settings. Everything it
+needs arrives as arguments, so the whole state machine is unit-testable and
+``jitgate explain`` can show its reasoning without touching anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from connectors.base import Identity, StatusChange, TicketSnapshot
+from policies.loader import PolicySet
+from policies.model import Policy, field_value
+
+__all__ = [
+    "Decision",
+    "Deny",
+    "Grant",
+    "LedgerGrant",
+    "Revoke",
+    "RevokeReason",
+    "decide",
+]
+
+RevokeReason = Literal[
+    "ticket_closed",
+    "ticket_rejected",
+    "ticket_deleted",
+    "approval_withdrawn",
+    "request_changed",
+    "expired",
+    "stale",
+    "manual",
+    "policy_removed",
+    "drift",
+]
+
+# Grant states in which a grant may still hold access on the target.
+LIVE_STATES = frozenset({"pending", "active", "revoking", "revoke_failed"})
+
+
+@dataclass(frozen=True)
+class LedgerGrant:
+    """What the ledger holds for one grant of the ticket being decided."""
+
+    grant_id: str
+    policy: str
+    target: str
+    role: str
+    principal: str
+    approval_ref: str
+    state: str
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Grant(_Action):
+    kind: Literal["grant"] = "grant"
+    policy: str
+    policy_digest: str
+    target: str
+    role: str
+    principal: str
+    approval_ref: str
+    approver: Identity
+    approvers: tuple[Identity, ...]
+    requester: Identity | None
+    starts_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class Revoke(_Action):
+    kind: Literal["revoke"] = "revoke"
+    grant_id: str
+    reason: RevokeReason
+
+
+class Deny(_Action):
+    kind: Literal["deny"] = "deny"
+    policy: str | None
+    rule: str
+    message: str
+    # One denial per (ticket, policy, rule, approval): redelivery never repeats it.
+    key: str
+
+
+Action = Grant | Revoke | Deny
+
+
+class Decision(_Action):
+    actions: tuple[Grant | Revoke | Deny, ...] = ()
+    ignored: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def grants(self) -> tuple[Grant, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Grant))
+
+    @property
+    def revokes(self) -> tuple[Revoke, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Revoke))
+
+    @property
+    def denials(self) -> tuple[Deny, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Deny))
+
+
+def decide(
+    snapshot: TicketSnapshot,
+    ledger: Sequence[LedgerGrant],
+    policy_set: PolicySet,
+    now: datetime,
+) -> Decision:
+    """Map the ticket's current state to grant, revoke and deny actions."""
+    live = [g for g in ledger if g.state in LIVE_STATES and g.state != "revoking"]
+    in_scope = [p for p in policy_set.for_source(snapshot.ref.source) if p.in_scope(snapshot)]
+
+    if snapshot.state == "deleted":
+        return Decision(actions=_revoke_all(live, "ticket_deleted"))
+    if not in_scope:
+        # A ticket moved out of every policy's scope keeps nothing it was granted.
+        return Decision(actions=_revoke_all(live, "stale"), ignored="no policy covers this ticket")
+
+    selected = [p for p in in_scope if p.requests_this(snapshot)]
+    actions: list[Grant | Revoke | Deny] = []
+    notes: list[str] = []
+    wanted: set[str] = {p.name for p in selected}
+
+    # Grants held under a policy the ticket no longer asks for.
+    actions.extend(
+        _revoke_all([g for g in live if g.policy not in wanted], "request_changed")
+    )
+
+    if not selected:
+        approving = [p for p in in_scope if p.state_of(snapshot) == "approved"]
+        if approving:
+            requested = _requested_text(snapshot, in_scope)
+            entry = _approval_entry(snapshot, approving[0])
+            actions.append(
+                _deny(
+                    snapshot,
+                    None,
+                    "unknown_requested_access",
+                    f"no policy offers the requested access {requested!r}",
+                    entry.history_id if entry is not None else None,
+                )
+            )
+        else:
+            notes.append("no policy matches the requested access; waiting for approval")
+        return Decision(actions=tuple(actions), notes=tuple(notes))
+
+    for policy in selected:
+        mine = [g for g in live if g.policy == policy.name]
+        state = policy.state_of(snapshot)
+        if state in {"closed", "rejected"}:
+            reason: RevokeReason = "ticket_rejected" if state == "rejected" else "ticket_closed"
+            actions.extend(_revoke_all(mine, reason))
+            notes.append(f"{policy.name}: ticket is {state}")
+            continue
+        if state != "approved":
+            actions.extend(_revoke_all(mine, "approval_withdrawn"))
+            notes.append(f"{policy.name}: ticket is not approved (status {snapshot.status_name})")
+            continue
+        actions.extend(_approved(snapshot, policy, policy_set, ledger, mine, now))
+    return Decision(actions=tuple(actions), notes=tuple(notes))
+
+
+def _approved(
+    snapshot: TicketSnapshot,
+    policy: Policy,
+    policy_set: PolicySet,
+    ledger: Sequence[LedgerGrant],
+    mine: Sequence[LedgerGrant],
+    now: datetime,
+) -> list[Grant | Revoke | Deny]:
+    entry = _approval_entry(snapshot, policy)
+    if entry is None or entry.author is None:
+        return [
+            _deny(
+                snapshot,
+                policy,
+                "approval_not_verified",
+                "no status history entry shows who approved this ticket",
+            )
+        ]
+    approval_ref = entry.history_id
+    approvers = _distinct(
+        [entry.author]
+        + [a.approver for a in snapshot.approvals if a.decision == "approved"]
+    )
+    requester = snapshot.requester
+
+    def deny(rule: str, message: str) -> list[Grant | Revoke | Deny]:
+        return [*_revoke_all(mine, "request_changed"), _deny(snapshot, policy, rule, message, approval_ref)]
+
+    rules = policy.approvers
+    if not rules.allow_self_approval and any(a.same_person(requester) for a in approvers):
+        return deny("self_approval", "the requester approved their own request")
+    allowed = [a for a in approvers if _allowed(a, policy)]
+    if not allowed:
+        who = ", ".join(a.display or a.source_id for a in approvers)
+        return deny("approver_not_allowed", f"{who} may not approve {policy.name}")
+    if len(allowed) < rules.min_approvals:
+        return deny(
+            "insufficient_approvals",
+            f"{len(allowed)} of {rules.min_approvals} required approvals",
+        )
+    principal = _principal(snapshot, policy)
+    if principal is None:
+        return deny("principal_missing", "the ticket does not name who should get access")
+    for item in policy.grants:
+        problem = policy_set.targets[item.target].principal_problem(principal)
+        if problem is not None:
+            return deny("principal_invalid", problem)
+
+    starts_at = entry.at
+    expires_at = starts_at + policy.effective_duration
+    if expires_at <= now:
+        return deny("expired_before_grant", "the approved window ended before it could be granted")
+
+    out: list[Grant | Revoke | Deny] = []
+    # The principal or roles may have been edited since an earlier approval.
+    desired = {(g.target, g.role, principal) for g in policy.grants}
+    out.extend(
+        _revoke_all(
+            [g for g in mine if (g.target, g.role, g.principal) not in desired], "request_changed"
+        )
+    )
+    held = {(g.target, g.role, g.principal) for g in mine}
+    done = {
+        (g.target, g.role, g.principal)
+        for g in ledger
+        if g.policy == policy.name and g.approval_ref == approval_ref
+    }
+    for item in policy.grants:
+        key = (item.target, item.role, principal)
+        if key in held or key in done:
+            continue
+        out.append(
+            Grant(
+                policy=policy.name,
+                policy_digest=policy.digest,
+                target=item.target,
+                role=item.role,
+                principal=principal,
+                approval_ref=approval_ref,
+                approver=allowed[0],
+                approvers=tuple(allowed),
+                requester=requester,
+                starts_at=starts_at,
+                expires_at=expires_at,
+            )
+        )
+    return out
+
+
+def _approval_entry(snapshot: TicketSnapshot, policy: Policy) -> StatusChange | None:
+    """The history entry that moved the ticket into its current, approved status."""
+    return next(
+        (
+            t
+            for t in reversed(snapshot.transitions)
+            if t.to_status == snapshot.status and policy.is_approved_status(t.to_status, t.to_name)
+        ),
+        None,
+    )
+
+
+def _allowed(person: Identity, policy: Policy) -> bool:
+    rules = policy.approvers
+    if any(person.matches(u) for u in rules.users):
+        return True
+    return bool(set(rules.groups) & set(person.groups))
+
+
+def _principal(snapshot: TicketSnapshot, policy: Policy) -> str | None:
+    rule = policy.principal
+    requester = snapshot.requester
+    if rule.from_ == "field":
+        assert rule.field is not None  # noqa: S101 - guaranteed by PrincipalRule validation
+        value = field_value(snapshot.fields.get(rule.field))
+        return value.strip() if value is not None and value.strip() else None
+    if requester is None:
+        return None
+    if rule.from_ == "map":
+        mapping = rule.map or {}
+        for ref in (requester.source_id, requester.name, requester.email):
+            if ref is not None and ref in mapping:
+                return mapping[ref]
+        return None
+    if rule.from_ == "requester_email_local":
+        if requester.email is None or "@" not in requester.email:
+            return None
+        return requester.email.split("@", 1)[0]
+    return requester.name
+
+
+def _distinct(people: list[Identity]) -> list[Identity]:
+    out: list[Identity] = []
+    for person in people:
+        if not any(person.same_person(o) for o in out):
+            out.append(person)
+    return out
+
+
+def _revoke_all(grants: Sequence[LedgerGrant], reason: RevokeReason) -> tuple[Revoke, ...]:
+    return tuple(Revoke(grant_id=g.grant_id, reason=reason) for g in grants)
+
+
+def _deny(
+    snapshot: TicketSnapshot,
+    policy: Policy | None,
+    rule: str,
+    message: str,
+    approval_ref: str | None = None,
+) -> Deny:
+    name = policy.name if policy is not None else None
+    anchor = approval_ref or str(snapshot.version)
+    return Deny(
+        policy=name,
+        rule=rule,
+        message=message,
+        key=f"{snapshot.ref.uid}:{name or '-'}:{rule}:{anchor}",
+    )
+
+
+def _requested_text(snapshot: TicketSnapshot, policies: Sequence[Policy]) -> str:
+    for policy in policies:
+        if policy.match.requested is not None:
+            value = field_value(snapshot.fields.get(policy.match.requested.field))
+            if value is not None:
+                return value[:80]
+    return "(nothing)"

@@ -1,0 +1,332 @@
+"""JiraSource against the Jira Cloud HTTP double, through the real ``jira`` library.
+
+No mocks of the library: every call below is real HTTP on 127.0.0.1, so URL building,
+basic auth, paging and the error mapping are all exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connectors.base import SourceConnector
+from connectors.errors import ConnectorError, PermanentError, TicketNotFound, TransientError
+from connectors.jira import JiraSource, parse_jira_webhook
+from worker.doubles.jira import (
+    DONE,
+    SD_APPROVALS_TYPE,
+    TO_DO,
+    JiraDouble,
+    jira_delivery,
+    sign_jira,
+)
+
+APPROVED = ("10105", "Approved", "indeterminate")
+WAITING = ("10104", "Waiting for approval", "indeterminate")
+TOKEN = "tok-3f9a1c77-very-secret"
+People = dict[str, dict[str, Any]]
+
+
+@pytest.fixture
+def jira() -> Iterator[JiraDouble]:
+    with JiraDouble(token=TOKEN) as double:
+        yield double
+
+
+@pytest.fixture
+def people(jira: JiraDouble) -> People:
+    return {
+        "requester": jira.add_user("5b10ac8d82e05b22cc7d4ef5", "Sam User", "sam@example.com"),
+        "approver": jira.add_user(
+            "712020:aaaa-1111", "Jane Approver", None, [("g-approvers-id", "db-approvers")]
+        ),
+        "bot": jira.add_user("557058:automation", "Automation for Jira"),
+    }
+
+
+def _source(jira: JiraDouble, *, token: str = TOKEN, timeout: float = 2.0) -> JiraSource:
+    return JiraSource(url=jira.url, user=jira.user, token=token, timeout=timeout)
+
+
+def _assert_no_secret(exc: BaseException, secret: str = TOKEN) -> None:
+    rendered = "".join(traceback.format_exception(exc))
+    assert secret not in str(exc)
+    assert secret not in repr(exc)
+    assert secret not in rendered
+    assert "Authorization" not in rendered
+    assert exc.__cause__ is None and exc.__context__ is None
+
+
+def test_satisfies_protocol_and_does_no_io_on_construction() -> None:
+    source = JiraSource(url="http://127.0.0.1:9", user="u", token=TOKEN)
+    assert isinstance(source, SourceConnector)
+    assert source.kind == "jira"
+    assert TOKEN not in repr(source)
+
+
+def test_fetch_normalizes_cloud_issue(jira: JiraDouble, people: People) -> None:
+    issue_id = jira.create_issue(
+        "OPS-12",
+        reporter=people["requester"],
+        fields={"customfield_10070": {"id": "20001", "value": "warehouse-read"},
+                "customfield_10071": "ctr_sam"},
+        status=TO_DO,
+    )
+    jira.edit_fields("OPS-12", {"customfield_10071": "ctr_sam2"}, author=people["requester"])
+    jira.transition("OPS-12", WAITING, author=people["requester"])
+    payload = jira.transition("OPS-12", APPROVED, author=people["approver"])
+    # The delivery claims a different actor (automation): the snapshot must not care.
+    payload["user"] = people["bot"]
+    event = parse_jira_webhook(json.dumps(payload).encode())
+    assert event.issue_id == issue_id
+    assert event.status_changes == ((WAITING[0], APPROVED[0]),)
+    assert event.actor is not None and event.actor.source_id == "557058:automation"
+
+    snap = _source(jira).fetch(event.issue_id)
+
+    assert snap.ref.source == "jira"
+    assert (snap.ref.id, snap.ref.key) == (issue_id, "OPS-12")
+    assert snap.ref.url == f"{jira.url}/browse/OPS-12"
+    assert (snap.status, snap.status_name, snap.state) == ("10105", "Approved", "open")
+    assert snap.project == "OPS" and snap.issue_type == "Access Request"
+    assert snap.summary == "Access request OPS-12"
+    assert snap.requester is not None
+    assert snap.requester.source_id == "5b10ac8d82e05b22cc7d4ef5"
+    assert snap.requester.email == "sam@example.com"
+    assert snap.fields["customfield_10070"] == {"id": "20001", "value": "warehouse-read"}
+    assert snap.fields["customfield_10071"] == "ctr_sam2"
+    assert snap.updated_at.tzinfo is not None
+    # Status history only (the field edit is not a transition), oldest first.
+    assert [(t.from_status, t.to_status) for t in snap.transitions] == [
+        ("10000", "10104"), ("10104", "10105"),
+    ]
+    last = snap.transitions[-1]
+    assert last.author is not None and last.author.source_id == "712020:aaaa-1111"
+    assert last.to_name == "Approved"
+    assert last.history_id == event.changelog_id
+    assert snap.version == int(last.history_id)
+    assert snap.approvals == ()
+    json.dumps(dict(snap.fields))  # JSON-compatible
+
+    jira.transition("OPS-12", DONE, author=people["approver"])
+    closed = _source(jira).fetch("OPS-12")
+    assert closed.state == "closed" and closed.version > snap.version
+
+
+def test_truncated_changelog_is_paged_fully() -> None:
+    with JiraDouble(token=TOKEN, embedded_changelog_max=3, changelog_page_max=4) as jira:
+        user = jira.add_user("712020:x", "X")
+        jira.create_issue("OPS-1", reporter=user)
+        statuses = [WAITING, APPROVED, TO_DO]
+        for i in range(10):
+            jira.transition("OPS-1", statuses[i % 3], author=user)
+        jira.reset_requests()
+
+        snap = _source(jira).fetch("OPS-1")
+
+        assert len(snap.transitions) == 10
+        ids = [int(t.history_id) for t in snap.transitions]
+        assert ids == sorted(ids) and snap.version == ids[-1]
+        pages = [r.query["startAt"][0] for r in jira.requests if r.path.endswith("/changelog")]
+        assert pages == ["0", "4", "8"]
+
+
+def test_comment_is_idempotent_by_marker(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("OPS-2", reporter=people["requester"])
+    source = _source(jira)
+    ref = source.fetch("OPS-2").ref
+
+    assert source.comment(ref, "Access granted until 18:00.", marker="[jit:grant:g1]") is True
+    assert source.comment(ref, "Access granted until 18:00.", marker="[jit:grant:g1]") is False
+    assert source.comment(ref, "Access revoked.", marker="[jit:revoke:g1]") is True
+
+    bodies = jira.comments("OPS-2")
+    assert len(bodies) == 2
+    assert bodies[0].splitlines()[-1] == "[jit:grant:g1]"
+    posts = [r for r in jira.requests if r.method == "POST"]
+    assert [r.body for r in posts] == [{"body": b} for b in bodies]
+
+
+def test_comment_marker_found_beyond_first_page(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("OPS-3", reporter=people["requester"])
+    for i in range(150):
+        jira.add_comment("OPS-3", f"chatter {i}")
+    jira.add_comment("OPS-3", "earlier post\n\n[jit:grant:g7]")
+    source = _source(jira)
+    ref = source.fetch("OPS-3").ref
+    assert source.comment(ref, "again", marker="[jit:grant:g7]") is False
+    assert len(jira.comments("OPS-3")) == 151
+
+
+def test_missing_issue_is_ticket_not_found(jira: JiraDouble, people: People) -> None:
+    source = _source(jira)
+    with pytest.raises(TicketNotFound):
+        source.fetch("OPS-404")
+    jira.create_issue("OPS-5", reporter=people["requester"])
+    ref = source.fetch("OPS-5").ref
+    jira.delete_issue("OPS-5")
+    with pytest.raises(TicketNotFound):
+        source.fetch(ref.id)
+    with pytest.raises(TicketNotFound):
+        source.comment(ref, "x", marker="[m]")
+    # Not an id or key: refused before any request reaches the server.
+    before = len(jira.requests)
+    with pytest.raises(TicketNotFound):
+        source.fetch("../myself")
+    assert len(jira.requests) == before
+
+
+@pytest.mark.parametrize("status", [503, 500, 429, 502])
+def test_server_errors_are_transient_and_fast(
+    jira: JiraDouble, people: People, status: int
+) -> None:
+    jira.create_issue("OPS-6", reporter=people["requester"])
+    source = _source(jira)
+    source.check()  # the client exists; the next request fails
+    jira.fail_next(1, status=status)
+    started = time.monotonic()
+    with pytest.raises(TransientError) as info:
+        source.fetch("OPS-6")
+    assert time.monotonic() - started < 5
+    assert str(status) in str(info.value)
+    _assert_no_secret(info.value)
+    # One attempt only (no library retry loop), and the source recovers.
+    assert [r.status for r in jira.requests[-1:]] == [status]
+    assert source.fetch("OPS-6").ref.key == "OPS-6"
+
+
+def test_down_double_is_transient_and_fast(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("OPS-7", reporter=people["requester"])
+    source = _source(jira)
+    jira.set_down()
+    started = time.monotonic()
+    with pytest.raises(TransientError) as info:
+        source.fetch("OPS-7")  # also the first use: client creation fails transiently
+    with pytest.raises(TransientError):
+        source.check()
+    assert time.monotonic() - started < 5
+    _assert_no_secret(info.value)
+    jira.set_down(False)
+    assert source.fetch("OPS-7").status == TO_DO[0]
+
+
+def test_stopped_server_and_read_timeout_are_transient() -> None:
+    jira = JiraDouble(token=TOKEN).start()
+    user = jira.add_user("712020:x", "X")
+    jira.create_issue("OPS-8", reporter=user)
+    source = _source(jira, timeout=0.5)
+    source.check()
+    jira.slow_next(1, seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="Timeout"):
+        source.fetch("OPS-8")
+    jira.stop()
+    with pytest.raises(TransientError, match="ConnectionError"):
+        source.fetch("OPS-8")
+    assert time.monotonic() - started < 5
+
+
+def test_stopped_server_with_pooled_connection_is_transient() -> None:
+    jira = JiraDouble(token=TOKEN).start()
+    source = _source(jira)
+    source.check()  # leaves a keep-alive connection in the client's pool
+    jira.stop()
+    with pytest.raises(TransientError):
+        source.check()
+    with pytest.raises(TransientError):
+        source.fetch("OPS-1")
+
+
+def test_wrong_token_is_permanent_and_never_shown(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("OPS-9", reporter=people["requester"])
+    wrong = "wrong-token-5d1e8b2a"
+    source = _source(jira, token=wrong)
+    with pytest.raises(PermanentError) as info:
+        source.fetch("OPS-9")
+    assert info.value.code == "source_auth"
+    assert not isinstance(info.value, TicketNotFound)
+    _assert_no_secret(info.value, wrong)
+    _assert_no_secret(info.value, TOKEN)
+    assert wrong not in repr(pickle.loads(pickle.dumps(info.value)))
+    # Readiness reports it as unavailable but keeps the reason.
+    with pytest.raises(TransientError) as check_info:
+        source.check()
+    assert check_info.value.code == "source_auth"
+    _assert_no_secret(check_info.value, wrong)
+    # The double saw the request but kept no credential.
+    assert jira.requests and all(r.auth_user is None for r in jira.requests)
+    assert wrong not in repr(jira.requests) and TOKEN not in repr(jira.requests)
+
+
+def test_check_and_deployment_hint(jira: JiraDouble) -> None:
+    source = JiraSource(url=jira.url + "/", user=jira.user, token=TOKEN, deployment="cloud")
+    source.check()
+    # deployment given: no serverInfo round trip; the trailing slash is normalized.
+    assert [r.path for r in jira.requests] == ["/rest/api/2/myself"]
+    source.close()
+    source.check()
+
+
+def test_user_groups_cloud(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("OPS-10", reporter=people["requester"])
+    jira.transition("OPS-10", APPROVED, author=people["approver"])
+    source = _source(jira)
+    approver = source.fetch("OPS-10").transitions[-1].author
+    assert approver is not None
+    assert source.user_groups(approver) == ("g-approvers-id",)
+    requester = source.fetch("OPS-10").requester
+    assert requester is not None and source.user_groups(requester) == ()
+    ghost = approver.model_copy(update={"source_id": "712020:gone"})
+    assert source.user_groups(ghost) == ()
+
+
+def test_jsm_approvals_are_read_from_the_approvals_field(jira: JiraDouble, people: People) -> None:
+    jira.add_field("customfield_10027", "Approvals", SD_APPROVALS_TYPE)
+    approvals = [
+        {"id": "3", "name": "Manager approval", "finalDecision": "approved",
+         "approvers": [
+             {"approver": people["approver"], "approverDecision": "approved"},
+             {"approver": people["bot"], "approverDecision": "pending"},
+         ],
+         "completedDate": {"epochMillis": 1767001000000, "iso8601": "2026-01-15T10:16:40+0100"}},
+        {"id": "4", "name": "Owner approval", "finalDecision": "declined",
+         "approvers": [{"approver": people["requester"], "approverDecision": "declined"}]},
+    ]
+    # Same shape in an ordinary custom field (e.g. copied by a user) must not count.
+    jira.create_issue("OPS-11", reporter=people["requester"],
+                      fields={"customfield_10027": approvals, "customfield_19999": approvals})
+    snap = _source(jira).fetch("OPS-11")
+    got = [(a.approval_id, a.approver.source_id, a.decision, a.at) for a in snap.approvals]
+    assert [g[:3] for g in got] == [
+        ("3:712020:aaaa-1111", "712020:aaaa-1111", "approved"),
+        ("3:557058:automation", "557058:automation", "pending"),
+        ("4:5b10ac8d82e05b22cc7d4ef5", "5b10ac8d82e05b22cc7d4ef5", "rejected"),
+    ]
+    assert got[0][3] is not None and got[0][3].isoformat() == "2026-01-15T10:16:40+01:00"
+    assert got[1][3] is None
+
+
+def test_double_delivery_helpers_sign_the_exact_body(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("OPS-13", reporter=people["requester"])
+    payload = jira.transition("OPS-13", APPROVED, author=people["approver"])
+    body, headers = jira_delivery(payload, secret="s3cret", identifier="abc-1")
+    assert headers["X-Hub-Signature"] == sign_jira("s3cret", body)
+    assert headers["X-Hub-Signature"].startswith("sha256=")
+    assert len(headers["X-Hub-Signature"]) == len("sha256=") + 64
+    event = parse_jira_webhook(body)
+    delivery = headers["X-Atlassian-Webhook-Identifier"]
+    assert event.dedupe_key(delivery, body) == "jira:delivery:abc-1"
+    assert event.timestamp is not None
+
+
+def test_connector_errors_only(jira: JiraDouble) -> None:
+    # Missing configuration surfaces as a connector error (SourceNotConfigured), not a crash.
+    source = JiraSource(url="", user="u", token=TOKEN)
+    with pytest.raises(ConnectorError):
+        source.fetch("OPS-1")

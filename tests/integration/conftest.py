@@ -1,0 +1,267 @@
+"""A real jitgate stack for integration tests.
+
+Real Redis broker, real Celery worker **processes** (``python -m worker worker``), a
+real PostgreSQL as grant target (and ledger, or SQLite), and the Jira REST double. The
+webhook listener is the real ASGI app driven in-process over HTTP semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from worker.celery_app import QUEUE, create_celery
+from worker.doubles.jira import JiraDouble, jira_delivery
+from worker.ledger.schema import audit_events, grants, inbox
+from worker.runtime import Runtime
+from worker.settings import Settings
+from worker.webhooks.app import create_app
+
+SECRET = "test-webhook-secret-3f9a"  # noqa: S105 - a test value
+APPROVED = ("10105", "Approved", "indeterminate")
+DONE = ("10001", "Done", "done")
+REJECTED = ("10106", "Rejected", "done")
+
+POLICY = """\
+version: 1
+targets:
+  warehouse:
+    type: postgres
+    dsn: ${{JG_TEST_TARGET_DSN}}
+    principal_pattern: "^ctr_[a-z0-9_]{{2,40}}$"
+policies:
+  - name: warehouse-read
+    source: jira
+    match:
+      project: OPS
+      issue_type: Access Request
+      requested: {{field: customfield_10070, equals: warehouse-read}}
+    approved_statuses: [Approved]
+    closed_statuses: [Done]
+    rejected_statuses: [Rejected]
+    approvers:
+      users: [{approver}]
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 8h
+    max_duration: 24h
+"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str]
+    jira: JiraDouble
+    target_dsn: str
+    role: str
+    approver: dict[str, Any]
+    requester: dict[str, Any]
+    broker_url: str
+    folder: Path
+    token: str
+    runtime: Runtime = field(init=False)
+    client: TestClient = field(init=False)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.runtime = Runtime(self.settings, env=self.env)
+        self.client = TestClient(create_app(self.runtime, create_celery(self.settings)))
+
+    # -- processes
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.folder / f"worker-{len(self.workers)}.log").open("wb")
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "worker", "worker", "-c", "2", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.workers.append(proc)
+        path = Path(log.name)
+        wait_for(lambda: b"ready" in path.read_bytes() or proc.poll() is not None,
+                 timeout=60, what="celery worker ready")
+        if proc.poll() is not None:
+            raise AssertionError(path.read_text(errors="replace")[-4000:])
+        return proc
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.workers.clear()
+
+    def worker_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.folder.glob("worker-*.log"))
+
+    # -- tickets
+    def new_ticket(self, *, principal: str | None, requested: str = "warehouse-read",
+                   reporter: dict[str, Any] | None = None, summary: str | None = None) -> str:
+        key = f"OPS-{uuid.uuid4().int % 10**6}"
+        fields: dict[str, Any] = {"customfield_10070": {"id": "10300", "value": requested}}
+        if principal is not None:
+            fields["customfield_10071"] = principal
+        self.jira.create_issue(key, reporter=reporter or self.requester, fields=fields,
+                               summary=summary)
+        return key
+
+    def post(self, payload: dict[str, Any], *, identifier: str | None = None) -> Any:
+        body, headers = jira_delivery(payload, secret=SECRET,
+                                      identifier=identifier or str(uuid.uuid4()))
+        return self.client.post("/webhooks/jira", content=body, headers=headers)
+
+    def transition(self, key: str, status: tuple[str, str, str],
+                   author: dict[str, Any] | None = None) -> Any:
+        payload = self.jira.transition(key, status, author=author or self.approver)
+        response = self.post(payload)
+        assert response.status_code == 202, response.text
+        return response
+
+    # -- ledger and target reads
+    def grants_of(self, key: str) -> list[Any]:
+        with self.runtime.ledger.tx() as conn:
+            return list(conn.execute(select(grants).where(grants.c.ticket_key == key)).all())
+
+    def audit(self, event: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        with self.runtime.ledger.tx() as conn:
+            rows = conn.execute(select(audit_events.c.payload).order_by(audit_events.c.seq))
+            out = [json.loads(r.payload) for r in rows]
+        return [e for e in out if (event is None or e["event"] == event)
+                and (key is None or e["ticket"]["key"] == key)]
+
+    def pending_deliveries(self) -> int:
+        with self.runtime.ledger.tx() as conn:
+            return len(conn.execute(select(inbox.c.id).where(inbox.c.processed_at.is_(None))).all())
+
+    def is_member(self, principal: str) -> bool:
+        with psycopg.connect(self.target_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                "JOIN pg_roles u ON u.oid = m.member WHERE r.rolname = %s AND u.rolname = %s",
+                (self.role, principal),
+            ).fetchone()
+        return row is not None
+
+    def create_principal(self) -> str:
+        """A fresh login role on the target, named so teardown finds it."""
+        name = f"ctr_{self.token}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(self.target_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        return name
+
+    def queue_length(self) -> int:
+        client = redis.Redis.from_url(self.broker_url.replace("redis+socket://", "unix://"))
+        return int(client.llen(QUEUE))
+
+
+def _drop_roles(dsn: str, prefix: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"%{prefix}%",))]
+        for name in names:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _flush(broker_url: str) -> None:
+    redis.Redis.from_url(broker_url.replace("redis+socket://", "unix://")).flushdb()
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def ledger_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def stack_factory(
+    redis_url: str, pg_url: str, module_database: str
+) -> Iterator[Callable[..., Stack]]:
+    """Builds a stack; tears down workers, roles, the double and the broker DB."""
+    made: list[Stack] = []
+    token = uuid.uuid4().hex[:8]
+
+    def build(*, ledger: str = "postgres", start_worker: bool = True,
+              extra_env: dict[str, str] | None = None) -> Stack:
+        for previous in made:  # one consumer set per broker DB at a time
+            previous.stop_workers()
+        folder = Path(tempfile.mkdtemp(prefix="jg-stack-"))
+        role = f"analytics_ro_{token}_{len(made)}"
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+        jira = JiraDouble().start()
+        approver = jira.add_user("5b10a2844c20165700ede21g", "Jane Approver", "jane@example.com")
+        requester = jira.add_user("712020:sam-requester", "Sam Requester")
+        policy = folder / "policy.yaml"
+        policy.write_text(POLICY.format(approver=approver["accountId"], role=role))
+        ledger_url = (module_database if ledger == "postgres"
+                      else f"sqlite:///{folder / 'ledger.sqlite3'}")
+        _flush(redis_url)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("JITGATE_")},
+            "JITGATE_BROKER_URL": redis_url,
+            "JITGATE_DATABASE_URL": ledger_url,
+            "JITGATE_POLICY_PATH": str(policy),
+            "JITGATE_DATA_DIR": str(folder),
+            "JITGATE_JIRA_URL": jira.url,
+            "JITGATE_JIRA_USER": jira.user,
+            "JITGATE_JIRA_TOKEN": jira.token,
+            "JITGATE_JIRA_WEBHOOK_SECRET": SECRET,
+            "JITGATE_LOG_FORMAT": "json",
+            "JG_TEST_TARGET_DSN": pg_url,
+            **(extra_env or {}),
+        }
+        settings = Settings(
+            broker_url=redis_url, database_url=ledger_url, policy_path=policy,
+            data_dir=folder, jira_url=jira.url, jira_user=jira.user, jira_token=jira.token,
+            jira_webhook_secret=SECRET,
+        )
+        from worker.ledger.db import migrate
+
+        migrate(Runtime(settings, env=env).ledger.engine)
+        stack = Stack(settings=settings, env=env, jira=jira, target_dsn=pg_url, role=role,
+                      approver=approver, requester=requester, broker_url=redis_url,
+                      folder=folder, token=token)
+        made.append(stack)
+        if start_worker:
+            stack.start_worker()
+        return stack
+
+    yield build
+    for stack in made:
+        stack.stop_workers()
+        stack.jira.stop()
+        stack.runtime.close()
+    _drop_roles(pg_url, token)

@@ -1,0 +1,1 @@
+"""jitgate's application: settings, ledger, Celery tasks, webhook listener and CLI."""

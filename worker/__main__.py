@@ -1,0 +1,5 @@
+"""``python -m worker`` is ``jitgate``."""
+
+from worker.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""The Celery application, configured from ``Settings`` by the process entry point.
+
+Delivery profile (reference/reliability.md §1.4): late ack plus reject-on-worker-lost
+so a killed worker's task is redelivered, prefetch 1 so a crash strands nothing
+else, JSON only, time limits below the visibility timeout. Nothing here promises
+exactly-once: the ledger and idempotent connectors make repeats harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
+
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+__all__ = ["JitgateCelery", "create_celery"]
+
+QUEUE = "jitgate"
+
+
+class JitgateCelery(Celery):  # type: ignore[misc]
+    """Celery app that carries the process's settings and lazily built runtime."""
+
+    jitgate_settings: Settings
+    _runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = Runtime(self.jitgate_settings)
+        return self._runtime
+
+    def reset_runtime(self) -> None:
+        """Drop connections inherited across a fork; rebuilt on first use."""
+        self._runtime = None
+
+
+def create_celery(settings: Settings, *, broker_url: str | None = None) -> JitgateCelery:
+    app = JitgateCelery("jitgate", set_as_current=True)
+    app.jitgate_settings = settings
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    app.conf.update(
+        broker_url=broker_url or settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=QUEUE,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        beat_schedule={
+            "sweep": {"task": "jitgate.sweep", "schedule": settings.sweep_interval},
+        },
+        include=["worker.tasks"],
+    )
+    import worker.tasks  # noqa: F401, PLC0415 - registers the tasks on this app
+
+    worker.tasks.bind(app)
+    return app
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _keep_our_logging(**_: Any) -> None:
+    """Celery must not install its own handlers; worker.log configured them."""
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _after_fork(**_: Any) -> None:
+    from celery import current_app  # noqa: PLC0415
+
+    if isinstance(current_app, JitgateCelery):
+        current_app.reset_runtime()
+
+
+@task_prerun.connect  # type: ignore[untyped-decorator]
+def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    import structlog  # noqa: PLC0415
+
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _unbind_task(**_: Any) -> None:
+    import structlog  # noqa: PLC0415
+
+    structlog.contextvars.clear_contextvars()

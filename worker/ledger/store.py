@@ -1,0 +1,254 @@
+"""Keyword-only data access for the ledger. Callers own the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from connectors.base import TicketRef, TicketSnapshot
+from policies.engine import LedgerGrant
+from worker.ledger.db import Ledger
+from worker.ledger.schema import comments, grants, inbox, tickets
+
+__all__ = [
+    "add_comment",
+    "grant_key",
+    "lock_grant",
+    "lock_ticket",
+    "record_delivery",
+]
+
+
+def record_delivery(
+    ledger: Ledger,
+    *,
+    source: str,
+    delivery_key: str,
+    ticket_id: str,
+    ticket_key: str | None,
+    event_version: int | None,
+    now: datetime,
+) -> tuple[str, bool]:
+    """Store a verified delivery in the inbox. Returns (inbox id, is_duplicate)."""
+    inbox_id = str(uuid.uuid4())
+    try:
+        with ledger.tx() as conn:
+            conn.execute(
+                insert(inbox).values(
+                    id=inbox_id,
+                    source=source,
+                    delivery_key=delivery_key[:200],
+                    ticket_uid=f"{source}:{ticket_id}",
+                    ticket_id=ticket_id,
+                    ticket_key=ticket_key,
+                    event_version=event_version,
+                    received_at=now,
+                )
+            )
+    except IntegrityError:
+        with ledger.tx() as conn:
+            existing = conn.execute(
+                select(inbox.c.id).where(
+                    inbox.c.source == source, inbox.c.delivery_key == delivery_key[:200]
+                )
+            ).scalar_one()
+        return str(existing), True
+    return inbox_id, False
+
+
+def load_delivery(conn: Connection, inbox_id: str) -> Row[Any] | None:
+    return conn.execute(select(inbox).where(inbox.c.id == inbox_id)).first()
+
+
+def finish_delivery(conn: Connection, inbox_id: str, *, outcome: str, now: datetime) -> None:
+    conn.execute(
+        update(inbox)
+        .where(inbox.c.id == inbox_id)
+        .values(processed_at=now, outcome=outcome, attempts=inbox.c.attempts + 1)
+    )
+
+
+def ticket_version(conn: Connection, uid: str) -> int:
+    value = conn.execute(select(tickets.c.last_version).where(tickets.c.uid == uid)).scalar()
+    return int(value) if value is not None else -1
+
+
+def lock_ticket(ledger: Ledger, conn: Connection, ref: TicketRef) -> int:
+    """Lock the ticket's row (creating it) so one worker at a time decides for it.
+    Returns the last version acted upon."""
+    stmt = select(tickets.c.last_version).where(tickets.c.uid == ref.uid)
+    if ledger.is_postgres:
+        stmt = stmt.with_for_update()
+    value = conn.execute(stmt).scalar()
+    if value is not None:
+        return int(value)
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(tickets).values(
+                    uid=ref.uid, source=ref.source, external_id=ref.id, key=ref.key, url=ref.url
+                )
+            )
+    except IntegrityError:
+        pass  # created by a concurrent worker; the SELECT below waits for its lock
+    return int(conn.execute(stmt).scalar_one())
+
+
+def save_ticket(conn: Connection, snapshot: TicketSnapshot, *, now: datetime) -> None:
+    conn.execute(
+        update(tickets)
+        .where(tickets.c.uid == snapshot.ref.uid)
+        .values(
+            key=snapshot.ref.key,
+            url=snapshot.ref.url,
+            last_version=snapshot.version,
+            status=snapshot.status,
+            state=snapshot.state,
+            updated_at=snapshot.updated_at,
+            last_seen_at=now,
+        )
+    )
+
+
+def ticket_grants(conn: Connection, uid: str) -> list[LedgerGrant]:
+    rows = conn.execute(select(grants).where(grants.c.ticket_uid == uid)).all()
+    return [
+        LedgerGrant(
+            grant_id=r.id,
+            policy=r.policy,
+            target=r.target,
+            role=r.role,
+            principal=r.principal,
+            approval_ref=r.approval_ref,
+            state=r.state,
+        )
+        for r in rows
+    ]
+
+
+def grant_key(ticket_uid: str, policy: str, target: str, role: str, principal: str,
+              approval_ref: str) -> str:
+    raw = "\x1f".join((ticket_uid, policy, target, role, principal, approval_ref))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def insert_grant(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert a pending grant; False when the same grant key exists already."""
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(grants).values(**values))
+    except IntegrityError:
+        return False
+    return True
+
+
+def request_revoke(
+    conn: Connection, grant_id: str, *, reason: str, now: datetime, retry_at: datetime
+) -> bool:
+    """Move a live grant to ``revoking``; False if it was not live."""
+    result = conn.execute(
+        update(grants)
+        .where(
+            grants.c.id == grant_id,
+            grants.c.state.in_(("pending", "active")),
+        )
+        .values(
+            state="revoking",
+            revoke_reason=reason,
+            revoke_requested_at=now,
+            attempts=0,
+            next_attempt_at=retry_at,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+def lock_grant(ledger: Ledger, conn: Connection, grant_id: str) -> Row[Any] | None:
+    stmt = select(grants).where(grants.c.id == grant_id)
+    if ledger.is_postgres:
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).first()
+
+
+def set_grant(conn: Connection, grant_id: str, **values: Any) -> None:
+    conn.execute(update(grants).where(grants.c.id == grant_id).values(**values))
+
+
+def shared_holders(conn: Connection, row: Row[Any]) -> int:
+    """Other grants that still need the same membership (reference counting)."""
+    return len(
+        conn.execute(
+            select(grants.c.id).where(
+                grants.c.target == row.target,
+                grants.c.role == row.role,
+                grants.c.principal == row.principal,
+                grants.c.id != row.id,
+                grants.c.state == "active",
+            )
+        ).all()
+    )
+
+
+def latest_expiry(conn: Connection, row: Row[Any]) -> datetime:
+    """The furthest expiry among the principal's live grants on a target, so a
+    login's VALID UNTIL is never cut short by a shorter, newer grant."""
+    values = conn.execute(
+        select(grants.c.expires_at).where(
+            grants.c.target == row.target,
+            grants.c.principal == row.principal,
+            grants.c.state.in_(("pending", "active")),
+        )
+    ).scalars().all()
+    return max([row.expires_at, *values])
+
+
+def add_comment(
+    conn: Connection, *, ref: TicketRef, marker: str, body: str, now: datetime
+) -> str | None:
+    comment_id = str(uuid.uuid4())
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(comments).values(
+                    id=comment_id,
+                    marker=marker,
+                    ticket_uid=ref.uid,
+                    source=ref.source,
+                    ticket_id=ref.id,
+                    ticket_key=ref.key,
+                    ticket_url=ref.url,
+                    body=body,
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        return None
+    return comment_id
+
+
+def due_work(conn: Connection, *, now: datetime, stuck_after: timedelta,
+             limit: int) -> Sequence[str]:
+    """Grants whose pending/revoking work is due again: retries whose time has come
+    and work orphaned by a dead worker or a flushed broker."""
+    stuck = now - stuck_after
+    rows = conn.execute(
+        select(grants.c.id)
+        .where(
+            grants.c.state.in_(("pending", "revoking", "revoke_failed")),
+            or_(
+                grants.c.next_attempt_at <= now,
+                and_(grants.c.next_attempt_at.is_(None), grants.c.updated_at <= stuck),
+            ),
+            grants.c.starts_at <= now,
+        )
+        .order_by(grants.c.next_attempt_at)
+        .limit(limit)
+    ).scalars()
+    return list(rows)

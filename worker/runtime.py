@@ -1,0 +1,110 @@
+"""What a process needs to act: settings, ledger, policies, connectors.
+
+Built once per process from the ``Settings`` object the entry point created. Nothing
+connects at import time; connectors connect on first use, after a fork.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from connectors.base import SourceConnector, TargetConnector
+from connectors.errors import SourceNotConfigured
+from policies.loader import PolicySet, load_policies
+from worker.ledger.db import Ledger
+from worker.settings import Settings
+
+__all__ = ["ConfigError", "Runtime", "target_validators"]
+
+class ConfigError(RuntimeError):
+    """The configuration cannot work; the message says what to change."""
+
+
+def _target_classes() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for ep in entry_points(group="jitgate.targets"):
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must stop start-up, named
+            raise ConfigError(
+                f"target plugin {ep.name!r} ({ep.value}) failed to load: "
+                f"{exc.__class__.__name__}"
+            ) from exc
+    return found
+
+
+def target_validators() -> dict[str, Any]:
+    """``type`` → validator of that target's options, for the policy loader.
+    ``from_options`` validates with the connector's config model and does no I/O."""
+    return {
+        name: (lambda target, options, _cls=cls: _cls.from_options(target, dict(options)))
+        for name, cls in _target_classes().items()
+    }
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))  # noqa: TID251
+    _targets: dict[str, TargetConnector] = field(default_factory=dict)
+    _sources: dict[str, SourceConnector] = field(default_factory=dict)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger.from_url(self.settings.ledger_url)
+
+    @cached_property
+    def policies(self) -> PolicySet:
+        return load_policies(
+            self.settings.policy_path, env=self.env, target_validators=target_validators()
+        )
+
+    @property
+    def stuck_after(self) -> timedelta:
+        return timedelta(seconds=self.settings.stuck_after)
+
+    def target(self, name: str) -> TargetConnector:
+        if name not in self._targets:
+            spec = self.policies.targets.get(name)
+            if spec is None:
+                raise ConfigError(f"target {name!r} is not defined in the policy files")
+            classes = _target_classes()
+            if spec.type not in classes:
+                raise ConfigError(f"target {name!r}: unknown type {spec.type!r}")
+            try:
+                self._targets[name] = classes[spec.type].from_options(name, spec.options)
+            except ValidationError as exc:
+                raise ConfigError(f"target {name!r}: invalid options ({exc.error_count()} errors)")\
+                    from None
+        return self._targets[name]
+
+    def source(self, kind: str) -> SourceConnector:
+        if kind not in self._sources:
+            self._sources[kind] = self._build_source(kind)
+        return self._sources[kind]
+
+    def _build_source(self, kind: str) -> SourceConnector:
+        s = self.settings
+        if kind == "jira":
+            if not s.jira_url:
+                raise SourceNotConfigured("JITGATE_JIRA_URL is not set", code="source_not_configured")
+            from connectors.jira import JiraSource  # noqa: PLC0415 - only when configured
+
+            return JiraSource(url=s.jira_url, user=s.jira_user, token=s.jira_token)
+        raise SourceNotConfigured(f"no connector for source {kind!r}")
+
+    def close(self) -> None:
+        for target in self._targets.values():
+            close = getattr(target, "close", None)
+            if callable(close):
+                close()
+        if "ledger" in self.__dict__:
+            self.ledger.dispose()

@@ -1,0 +1,124 @@
+"""One settings object, read from ``JITGATE_*`` variables, built once per process.
+
+Secrets may also come from files: ``JITGATE_JIRA_TOKEN_FILE=/run/secrets/jira`` sets
+``jira_token`` (mounted files leak less than environment variables). Setting both a
+variable and its ``_FILE`` twin is an error, so the winner is never a surprise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SECRET_FIELDS", "Settings", "SettingsError"]
+
+SECRET_FIELDS = (
+    "jira_token",
+    "jira_webhook_secret",
+    "jira_webhook_secret_previous",
+    "servicenow_password",
+    "servicenow_webhook_secret",
+)
+
+_PREFIX = "JITGATE_"
+_EXAMPLES = Path(__file__).resolve().parent.parent / "policies" / "examples"
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot work; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Defaults run a single-machine install with embedded
+    Redis and a SQLite ledger (``jitgate up``)."""
+
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Path(".jitgate")
+    broker_url: str | None = None
+    database_url: str | None = None
+    policy_path: Path = _EXAMPLES
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    jira_url: str | None = None
+    jira_user: str | None = None
+    jira_token: SecretStr | None = None
+    jira_webhook_secret: SecretStr | None = None
+    # Accepted too while a rotated secret propagates (Jira shows a secret only once).
+    jira_webhook_secret_previous: SecretStr | None = None
+
+    servicenow_url: str | None = None
+    servicenow_user: str | None = None
+    servicenow_password: SecretStr | None = None
+    servicenow_webhook_secret: SecretStr | None = None
+
+    # Celery. Every time limit stays below the visibility timeout, or Redis redelivers
+    # a task that is still running.
+    visibility_timeout: int = Field(default=900, ge=10)
+    task_soft_time_limit: int = Field(default=120, ge=1)
+    task_time_limit: int = Field(default=180, ge=2)
+    worker_concurrency: int = Field(default=2, ge=1)
+
+    sweep_interval: float = Field(default=15.0, gt=0)
+    # A grant left pending/revoking this long (worker killed, broker flushed) is re-driven.
+    stuck_after: float = Field(default=60.0, gt=0)
+    revoke_retry_max_backoff: float = Field(default=300.0, gt=0)
+
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FIELDS:
+            file_var = f"{_PREFIX}{name.upper()}_FILE"
+            path = os.environ.get(file_var)  # noqa: TID251 - the settings boundary itself
+            if not path:
+                continue
+            if data.get(name) is not None:
+                raise SettingsError(f"set {_PREFIX}{name.upper()} or {file_var}, not both")
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(f"{file_var}: cannot read {path}: {exc.strerror}") from None
+        return data
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if not self.task_soft_time_limit < self.task_time_limit < self.visibility_timeout:
+            raise SettingsError(
+                "need JITGATE_TASK_SOFT_TIME_LIMIT < JITGATE_TASK_TIME_LIMIT "
+                "< JITGATE_VISIBILITY_TIMEOUT"
+            )
+        return self
+
+    @property
+    def ledger_url(self) -> str:
+        """The SQLAlchemy URL of the ledger; SQLite in the data folder by default."""
+        if self.database_url:
+            return _sqlalchemy_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+    def jira_secrets(self) -> tuple[bytes, ...]:
+        return _secrets(self.jira_webhook_secret, self.jira_webhook_secret_previous)
+
+
+def _secrets(*values: SecretStr | None) -> tuple[bytes, ...]:
+    return tuple(v.get_secret_value().encode() for v in values if v and v.get_secret_value())
+
+
+def _sqlalchemy_url(url: str) -> str:
+    # Users write libpq URLs; SQLAlchemy needs to be told to use psycopg 3.
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

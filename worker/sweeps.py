@@ -1,0 +1,100 @@
+"""Periodic sweep: expiry and re-driving work from the ledger (the broker is a doorbell).
+
+Every step selects through a partial index and in bounded batches, and on PostgreSQL
+with ``FOR UPDATE SKIP LOCKED``, so two beats (or a beat and a CronJob) at once only
+split the work between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy import select
+
+from worker import flows
+from worker.ledger import store
+from worker.ledger.schema import comments, grants, inbox
+from worker.runtime import Runtime
+
+__all__ = ["SweepReport", "run"]
+
+log = structlog.get_logger("jitgate.sweep")
+
+BATCH = 500
+
+
+@dataclass
+class SweepReport:
+    expired: int = 0
+    redriven: int = 0
+    redeliver: list[str] = field(default_factory=list)
+    comment_ids: list[str] = field(default_factory=list)
+    retries: list[tuple[str, float]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "expired": self.expired,
+            "redriven": self.redriven,
+            "redelivered": len(self.redeliver),
+            "comments": len(self.comment_ids),
+        }
+
+
+def run(rt: Runtime) -> SweepReport:
+    report = SweepReport()
+    ledger = rt.ledger
+    expired = _expire(rt)
+    report.expired = len(expired)
+    with ledger.tx() as conn:
+        now = ledger.now(conn)
+        due = [g for g in store.due_work(conn, now=now, stuck_after=rt.stuck_after, limit=BATCH)
+               if g not in expired]
+        stuck = now - rt.stuck_after
+        report.redeliver = list(
+            conn.execute(
+                select(inbox.c.id)
+                .where(inbox.c.processed_at.is_(None), inbox.c.received_at <= stuck)
+                .order_by(inbox.c.received_at)
+                .limit(100)
+            ).scalars()
+        )
+        report.comment_ids = list(
+            conn.execute(
+                select(comments.c.id)
+                .where(comments.c.posted_at.is_(None), comments.c.created_at <= stuck,
+                       comments.c.attempts < 50)
+                .limit(100)
+            ).scalars()
+        )
+    report.redriven = len(due)
+    for grant_id in [*expired, *due]:
+        result = flows.apply_grant(rt, grant_id)
+        report.comment_ids.extend(result.comment_ids)
+        if result.retry_in is not None:
+            report.retries.append((grant_id, result.retry_in))
+    if report.expired or report.redriven or report.redeliver:
+        log.info("sweep.done", **report.counts())
+    return report
+
+
+def _expire(rt: Runtime) -> list[str]:
+    """Mark due active grants ``revoking`` (reason expired); time is the database's."""
+    ledger = rt.ledger
+    with ledger.tx() as conn:
+        now = ledger.now(conn)
+        stmt = (
+            select(grants.c.id)
+            .where(grants.c.state == "active", grants.c.expires_at <= now)
+            .order_by(grants.c.expires_at)
+            .limit(BATCH)
+        )
+        if ledger.is_postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = list(conn.execute(stmt).scalars())
+        return [
+            grant_id
+            for grant_id in ids
+            if store.request_revoke(conn, grant_id, reason="expired", now=now,
+                                    retry_at=now + rt.stuck_after)
+        ]

@@ -1,0 +1,85 @@
+"""Celery tasks: thin, take ids, retry only on transient errors.
+
+The logic lives in ``worker.flows`` and ``worker.sweeps``; a task loads nothing but
+the runtime, calls one function and fans out the follow-up work it reports.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import structlog
+from celery import Celery, Task, shared_task
+
+from connectors.errors import PermanentError, TransientError
+from worker import flows, sweeps
+
+__all__ = ["apply_grant", "bind", "post_comment", "process_event", "sweep"]
+
+log = structlog.get_logger("jitgate.tasks")
+
+# Short countdowns only (well below the visibility timeout); long waits belong to the
+# ledger's next_attempt_at, which the sweep honours.
+_MAX_COUNTDOWN = 300.0
+
+
+def bind(_app: Celery) -> None:
+    """Tasks are shared; importing this module registers them on every app."""
+
+
+def _countdown(retries: int) -> float:
+    base = min(_MAX_COUNTDOWN, 2.0 ** (retries + 1))
+    return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter
+
+
+def _follow_up(comment_ids: list[str], retries: list[tuple[str, float]]) -> None:
+    for comment_id in comment_ids:
+        post_comment.delay(comment_id)
+    for grant_id, delay in retries:
+        apply_grant.apply_async((grant_id,), countdown=min(delay, _MAX_COUNTDOWN))
+
+
+@shared_task(bind=True, name="jitgate.process_event")  # type: ignore[untyped-decorator]
+def process_event(self: Task[Any, Any], inbox_id: str) -> str:
+    """Re-read the ticket of one delivery and act on what it says now."""
+    rt = self.app.runtime
+    try:
+        result = flows.process_event(rt, inbox_id)
+    except TransientError as exc:
+        log.warning("event.retry", inbox_id=inbox_id, error=exc.code)
+        # Bounded here; the sweep re-drives deliveries that stay unprocessed.
+        raise self.retry(countdown=_countdown(self.request.retries), max_retries=6) from None
+    except PermanentError as exc:
+        flows.fail_delivery(rt, inbox_id, outcome=f"error:{exc.code}")
+        log.error("event.failed", inbox_id=inbox_id, error=exc.code)
+        return f"error:{exc.code}"
+    _follow_up(result.comment_ids, result.retries)
+    return result.outcome
+
+
+@shared_task(bind=True, name="jitgate.apply_grant")  # type: ignore[untyped-decorator]
+def apply_grant(self: Task[Any, Any], grant_id: str) -> str:
+    """Bring a target in line with one grant's ledger state (grant or revoke)."""
+    result = flows.apply_grant(self.app.runtime, grant_id)
+    retries = [(grant_id, result.retry_in)] if result.retry_in is not None else []
+    _follow_up(result.comment_ids, retries)
+    return result.state
+
+
+@shared_task(bind=True, name="jitgate.post_comment")  # type: ignore[untyped-decorator]
+def post_comment(self: Task[Any, Any], comment_id: str) -> bool:
+    try:
+        return flows.post_comment(self.app.runtime, comment_id)
+    except TransientError:
+        raise self.retry(countdown=_countdown(self.request.retries), max_retries=8) from None
+
+
+@shared_task(bind=True, name="jitgate.sweep")  # type: ignore[untyped-decorator]
+def sweep(self: Task[Any, Any]) -> dict[str, int]:
+    """Expire grants and re-drive work the broker may have lost, from the ledger."""
+    report = sweeps.run(self.app.runtime)
+    for inbox_id in report.redeliver:
+        process_event.delay(inbox_id)
+    _follow_up(report.comment_ids, report.retries)
+    return report.counts()
