@@ -169,13 +169,16 @@ def decide(
             actions.extend(_revoke_all(mine, "approval_withdrawn"))
             notes.append(f"{policy.name}: ticket is not approved (status {snapshot.status_name})")
             continue
-        actions.extend(_approved(snapshot, policy, policy_set, ledger, mine, now))
+        actions.extend(
+            _approved(snapshot, policy, policy_set=policy_set, ledger=ledger, mine=mine, now=now)
+        )
     return Decision(actions=tuple(actions), notes=tuple(notes))
 
 
 def _approved(
     snapshot: TicketSnapshot,
     policy: Policy,
+    *,
     policy_set: PolicySet,
     ledger: Sequence[LedgerGrant],
     mine: Sequence[LedgerGrant],
@@ -199,7 +202,8 @@ def _approved(
     requester = snapshot.requester
 
     def deny(rule: str, message: str) -> list[Grant | Revoke | Deny]:
-        return [*_revoke_all(mine, "request_changed"), _deny(snapshot, policy, rule, message, approval_ref)]
+        denial = _deny(snapshot, policy, rule, message, approval_ref)
+        return [*_revoke_all(mine, "request_changed"), denial]
 
     rules = policy.approvers
     if not rules.allow_self_approval and any(a.same_person(requester) for a in approvers):
@@ -285,7 +289,7 @@ def _principal(snapshot: TicketSnapshot, policy: Policy) -> str | None:
     rule = policy.principal
     requester = snapshot.requester
     if rule.from_ == "field":
-        assert rule.field is not None  # noqa: S101 - guaranteed by PrincipalRule validation
+        assert rule.field is not None
         value = field_value(snapshot.fields.get(rule.field))
         return value.strip() if value is not None and value.strip() else None
     if requester is None:

@@ -242,9 +242,7 @@ class Policy(_Strict):
                 return False
             if m.table and not _named(project, m.table):
                 return False
-        if issue_type is not None and m.issue_type and not _named(issue_type, m.issue_type):
-            return False
-        return True
+        return issue_type is None or not m.issue_type or _named(issue_type, m.issue_type)
 
     def in_scope(self, snapshot: TicketSnapshot) -> bool:
         """The ticket is one this policy is about, whatever access it requests."""

@@ -64,7 +64,7 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
         },
         include=["worker.tasks"],
     )
-    import worker.tasks  # noqa: F401, PLC0415 - registers the tasks on this app
+    import worker.tasks  # noqa: PLC0415 - registers the tasks on this app
 
     worker.tasks.bind(app)
     return app

@@ -124,13 +124,19 @@ def _ensure_secret(path: Path) -> Path:
     return path
 
 
+_SAMPLE_BODY = json.dumps(
+    {"webhookEvent": "jira:issue_updated", "issue": {"id": "1", "key": "OPS-1", "fields": {}}},
+    separators=(",", ":"),
+)
+
+
 def _print_signing_help(settings: Settings, secret_file: Path) -> None:
     url = f"http://{settings.http_host}:{settings.http_port}/webhooks/jira"
     click.echo(
         "No JITGATE_JIRA_WEBHOOK_SECRET set: generated one in "
         f"{secret_file} (give it to Jira when registering the webhook).\n"
         "Sign and send a test delivery:\n"
-        f"  BODY='{{\"webhookEvent\":\"jira:issue_updated\",\"issue\":{{\"id\":\"1\",\"key\":\"OPS-1\",\"fields\":{{}}}}}}'\n"
+        f"  BODY='{_SAMPLE_BODY}'\n"
         f"  SIG=$(printf %s \"$BODY\" | openssl dgst -sha256 -hmac \"$(cat {secret_file})\" "
         "| sed 's/^.* //')\n"
         f"  curl -i -X POST {url} -H 'Content-Type: application/json' "

@@ -48,6 +48,18 @@ class ApplyResult:
     comment_ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Tx:
+    """One ledger transaction's working set: audit lines to emit and comments to post
+    once it commits."""
+
+    rt: Runtime
+    conn: Connection
+    now: datetime
+    emitted: list[dict[str, Any]] = field(default_factory=list)
+    comment_ids: list[str] = field(default_factory=list)
+
+
 def process_event(rt: Runtime, inbox_id: str) -> EventResult:
     """Decide what a delivered event means, from the ticket as the source reports it now."""
     ledger = rt.ledger
@@ -78,23 +90,22 @@ def decide_and_apply(
     rt: Runtime, snapshot: TicketSnapshot, *, inbox_id: str | None, delivery_id: str | None
 ) -> EventResult:
     ledger = rt.ledger
-    emitted: list[dict[str, Any]] = []
-    comment_ids: list[str] = []
     with ledger.tx() as conn:
         last = store.lock_ticket(ledger, conn, snapshot.ref)
-        now = ledger.now(conn)
+        tx = _Tx(rt, conn, ledger.now(conn))
         if snapshot.version < last:
             # An older read than one we already acted on (eventual consistency): skip.
             if inbox_id is not None:
-                store.finish_delivery(conn, inbox_id, outcome="stale_read", now=now)
+                store.finish_delivery(conn, inbox_id, outcome="stale_read", now=tx.now)
             return EventResult("stale_read")
-        decision = decide(snapshot, store.ticket_grants(conn, snapshot.ref.uid), rt.policies, now)
-        work = _record_decision(rt, conn, snapshot, decision, now, delivery_id, emitted,
-                                comment_ids)
-        store.save_ticket(conn, snapshot, now=now)
+        decision = decide(
+            snapshot, store.ticket_grants(conn, snapshot.ref.uid), rt.policies, tx.now
+        )
+        work = _record_decision(tx, snapshot, decision, delivery_id)
+        store.save_ticket(conn, snapshot, now=tx.now)
         if inbox_id is not None:
-            store.finish_delivery(conn, inbox_id, outcome=_outcome(decision), now=now)
-    audit.emit(emitted)
+            store.finish_delivery(conn, inbox_id, outcome=_outcome(decision), now=tx.now)
+    audit.emit(tx.emitted)
     log.info(
         "ticket.decided",
         outcome=_outcome(decision),
@@ -103,7 +114,7 @@ def decide_and_apply(
         denials=[d.rule for d in decision.denials],
         version=snapshot.version,
     )
-    result = EventResult(_outcome(decision), grant_ids=work, comment_ids=comment_ids)
+    result = EventResult(_outcome(decision), grant_ids=work, comment_ids=tx.comment_ids)
     for grant_id in work:
         applied = apply_grant(rt, grant_id)
         result.comment_ids.extend(applied.comment_ids)
@@ -120,20 +131,13 @@ def fail_delivery(rt: Runtime, inbox_id: str, *, outcome: str) -> None:
 
 
 def _record_decision(
-    rt: Runtime,
-    conn: Connection,
-    snapshot: TicketSnapshot,
-    decision: Decision,
-    now: datetime,
-    delivery_id: str | None,
-    emitted: list[dict[str, Any]],
-    comment_ids: list[str],
+    tx: _Tx, snapshot: TicketSnapshot, decision: Decision, delivery_id: str | None
 ) -> list[str]:
     """Write the decision's actions in the caller's transaction; returns grant ids
     with target work to do."""
-    ledger = rt.ledger
+    conn, now = tx.conn, tx.now
     work: list[str] = []
-    retry_at = now + rt.stuck_after
+    retry_at = now + tx.rt.stuck_after
     for action in decision.actions:
         if isinstance(action, Grant):
             grant_id = str(uuid.uuid4())
@@ -142,8 +146,9 @@ def _record_decision(
                 {
                     "id": grant_id,
                     "grant_key": store.grant_key(
-                        snapshot.ref.uid, action.policy, action.target, action.role,
-                        action.principal, action.approval_ref,
+                        ticket_uid=snapshot.ref.uid, policy=action.policy,
+                        target=action.target, role=action.role, principal=action.principal,
+                        approval_ref=action.approval_ref,
                     ),
                     "ticket_uid": snapshot.ref.uid,
                     "ticket_key": snapshot.ref.key,
@@ -173,7 +178,7 @@ def _record_decision(
                 work.append(action.grant_id)
         elif isinstance(action, Deny):
             event = audit.append(
-                ledger,
+                tx.rt.ledger,
                 conn,
                 event="grant.denied",
                 key=f"grant.denied:{action.key}",
@@ -188,7 +193,7 @@ def _record_decision(
                 },
             )
             if event is not None:
-                emitted.append(event)
+                tx.emitted.append(event)
                 comment_id = store.add_comment(
                     conn,
                     ref=snapshot.ref,
@@ -197,47 +202,39 @@ def _record_decision(
                     now=now,
                 )
                 if comment_id is not None:
-                    comment_ids.append(comment_id)
+                    tx.comment_ids.append(comment_id)
     return work
 
 
 def apply_grant(rt: Runtime, grant_id: str) -> ApplyResult:
     """Make the target match the grant's ledger state. Safe to run any number of times."""
     ledger = rt.ledger
-    emitted: list[dict[str, Any]] = []
-    comment_ids: list[str] = []
     with ledger.tx() as conn:
         row = store.lock_grant(ledger, conn, grant_id)
         if row is None:
             return ApplyResult("unknown")
         structlog.contextvars.bind_contextvars(grant_id=grant_id, ticket=row.ticket_key)
-        now = ledger.now(conn)
+        tx = _Tx(rt, conn, ledger.now(conn))
         if row.state == "pending":
-            result = _grant(rt, conn, row, now, emitted, comment_ids)
+            result = _grant(tx, row)
         elif row.state in ("revoking", "revoke_failed"):
-            result = _revoke(rt, conn, row, now, emitted, comment_ids)
+            result = _revoke(tx, row)
         else:
             result = ApplyResult(row.state)
-    audit.emit(emitted)
-    result.comment_ids.extend(comment_ids)
+    audit.emit(tx.emitted)
+    result.comment_ids.extend(tx.comment_ids)
     return result
 
 
-def _grant(
-    rt: Runtime,
-    conn: Connection,
-    row: Row[Any],
-    now: datetime,
-    emitted: list[dict[str, Any]],
-    comment_ids: list[str],
-) -> ApplyResult:
+def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
+    rt, conn, now = tx.rt, tx.conn, tx.now
     if row.starts_at > now:
         return ApplyResult("pending")  # scheduled: the sweep issues it when its window opens
     if row.expires_at <= now:
         # Never grant a window that has closed; revoke in case a crashed run applied it.
         store.set_grant(conn, row.id, state="revoking", revoke_reason="expired",
                         revoke_requested_at=now, updated_at=now)
-        return _revoke(rt, conn, row, now, emitted, comment_ids, reason="expired")
+        return _revoke(tx, row, reason="expired")
     try:
         target = rt.target(row.target)
         outcome = target.grant(
@@ -253,30 +250,23 @@ def _grant(
     except PermanentError as exc:
         store.set_grant(conn, row.id, state="grant_failed", last_error=_error(exc),
                         next_attempt_at=None, updated_at=now)
-        _record(rt, conn, "grant.failed", row, now, emitted, reason=exc.code,
+        _record(tx, "grant.failed", row, reason=exc.code,
                 detail=str(exc)[:200])
-        _comment(conn, row, "grant.failed", now, comment_ids,
+        _comment(tx, row, "grant.failed",
                  f"jitgate could not grant {row.role} on {row.target} to {row.principal}: "
                  f"{exc.code}. Nothing was granted.")
         return ApplyResult("grant_failed")
     store.set_grant(conn, row.id, state="active", granted_at=now, attempts=row.attempts + 1,
                     last_error=None, next_attempt_at=None, updated_at=now)
-    _record(rt, conn, "grant.issued", row, now, emitted, outcome=outcome.value)
-    _comment(conn, row, "grant.issued", now, comment_ids,
+    _record(tx, "grant.issued", row, outcome=outcome.value)
+    _comment(tx, row, "grant.issued",
              f"jitgate granted {row.role} on {row.target} to {row.principal} until "
              f"{_iso(row.expires_at)} (policy {row.policy}).")
     return ApplyResult("active")
 
 
-def _revoke(
-    rt: Runtime,
-    conn: Connection,
-    row: Row[Any],
-    now: datetime,
-    emitted: list[dict[str, Any]],
-    comment_ids: list[str],
-    reason: str | None = None,
-) -> ApplyResult:
+def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
+    rt, conn, now = tx.rt, tx.conn, tx.now
     reason = reason or row.revoke_reason or "manual"
     try:
         if store.shared_holders(conn, row):
@@ -295,9 +285,9 @@ def _revoke(
         }
         if attempts >= REVOKE_ATTEMPTS_BEFORE_ALERT and row.state != "revoke_failed":
             values["state"] = "revoke_failed"
-            _record(rt, conn, "grant.revoke_failed", row, now, emitted, reason=reason,
+            _record(tx, "grant.revoke_failed", row, reason=reason,
                     detail=exc.code, attempts=attempts)
-            _comment(conn, row, "grant.revoke_failed", now, comment_ids,
+            _comment(tx, row, "grant.revoke_failed",
                      f"jitgate has not yet been able to revoke {row.role} on {row.target} "
                      f"from {row.principal} ({exc.code}); it keeps retrying.")
         store.set_grant(conn, row.id, **values)
@@ -305,8 +295,8 @@ def _revoke(
         return ApplyResult(values.get("state", row.state), retry_in=delay)
     store.set_grant(conn, row.id, state="revoked", revoked_at=now, revoke_reason=reason,
                     last_error=None, next_attempt_at=None, updated_at=now)
-    _record(rt, conn, "grant.revoked", row, now, emitted, reason=reason, outcome=outcome)
-    _comment(conn, row, "grant.revoked", now, comment_ids,
+    _record(tx, "grant.revoked", row, reason=reason, outcome=outcome)
+    _comment(tx, row, "grant.revoked",
              f"jitgate revoked {row.role} on {row.target} from {row.principal} "
              f"(reason: {reason}).")
     return ApplyResult("revoked")
@@ -334,15 +324,7 @@ def post_comment(rt: Runtime, comment_id: str) -> bool:
     return True
 
 
-def _record(
-    rt: Runtime,
-    conn: Connection,
-    event: str,
-    row: Row[Any],
-    now: datetime,
-    emitted: list[dict[str, Any]],
-    **extra: Any,
-) -> None:
+def _record(tx: _Tx, event: str, row: Row[Any], **extra: Any) -> None:
     fields: dict[str, Any] = {
         "ticket": {"source": row.ticket_uid.split(":", 1)[0],
                    "id": row.ticket_uid.split(":", 1)[1],
@@ -361,20 +343,19 @@ def _record(
         **extra,
     }
     # One event per grant and transition: a retried task cannot write it twice.
-    stored = audit.append(rt.ledger, conn, event=event, key=f"{event}:{row.id}", ts=now,
-                          fields=fields)
+    stored = audit.append(tx.rt.ledger, tx.conn, event=event, key=f"{event}:{row.id}",
+                          ts=tx.now, fields=fields)
     if stored is not None:
-        emitted.append(stored)
+        tx.emitted.append(stored)
 
 
-def _comment(conn: Connection, row: Row[Any], event: str, now: datetime,
-             comment_ids: list[str], body: str) -> None:
+def _comment(tx: _Tx, row: Row[Any], event: str, body: str) -> None:
     source, ticket_id = row.ticket_uid.split(":", 1)
     ref = TicketRef(source=source, id=ticket_id, key=row.ticket_key, url=row.ticket_url)
-    comment_id = store.add_comment(conn, ref=ref, marker=f"[jitgate:{event}:{row.id}]",
-                                   body=body, now=now)
+    comment_id = store.add_comment(tx.conn, ref=ref, marker=f"[jitgate:{event}:{row.id}]",
+                                   body=body, now=tx.now)
     if comment_id is not None:
-        comment_ids.append(comment_id)
+        tx.comment_ids.append(comment_id)
 
 
 def _with_groups(rt: Runtime, snapshot: TicketSnapshot) -> TicketSnapshot:

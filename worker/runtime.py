@@ -33,7 +33,7 @@ def _target_classes() -> dict[str, Any]:
     for ep in entry_points(group="jitgate.targets"):
         try:
             found[ep.name] = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must stop start-up, named
+        except Exception as exc:
             raise ConfigError(
                 f"target plugin {ep.name!r} ({ep.value}) failed to load: "
                 f"{exc.__class__.__name__}"
@@ -95,7 +95,7 @@ class Runtime:
         s = self.settings
         if kind == "jira":
             if not s.jira_url:
-                raise SourceNotConfigured("JITGATE_JIRA_URL is not set", code="source_not_configured")
+                raise SourceNotConfigured("JITGATE_JIRA_URL is not set")
             from connectors.jira import JiraSource  # noqa: PLC0415 - only when configured
 
             return JiraSource(url=s.jira_url, user=s.jira_user, token=s.jira_token)

@@ -34,7 +34,7 @@ from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.webhooks.app import create_app
 
-SECRET = "test-webhook-secret-3f9a"  # noqa: S105 - a test value
+SECRET = "test-webhook-secret-3f9a"
 APPROVED = ("10105", "Approved", "indeterminate")
 DONE = ("10001", "Done", "done")
 REJECTED = ("10106", "Rejected", "done")
@@ -102,7 +102,7 @@ class Stack:
     # -- processes
     def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
         log = (self.folder / f"worker-{len(self.workers)}.log").open("wb")
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "worker", "-c", "2", *args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -95,7 +95,7 @@ class Ledger:
         """Time from the database server, so every worker agrees on expiry."""
         if self.is_postgres:
             value = conn.execute(text("SELECT now()")).scalar_one()
-            assert isinstance(value, datetime)  # noqa: S101 - driver contract
+            assert isinstance(value, datetime)
             return value.astimezone(UTC)
         return datetime.now(UTC)
 

@@ -132,7 +132,7 @@ def ticket_grants(conn: Connection, uid: str) -> list[LedgerGrant]:
     ]
 
 
-def grant_key(ticket_uid: str, policy: str, target: str, role: str, principal: str,
+def grant_key(*, ticket_uid: str, policy: str, target: str, role: str, principal: str,
               approval_ref: str) -> str:
     raw = "\x1f".join((ticket_uid, policy, target, role, principal, approval_ref))
     return hashlib.sha256(raw.encode()).hexdigest()
@@ -206,7 +206,8 @@ def latest_expiry(conn: Connection, row: Row[Any]) -> datetime:
             grants.c.state.in_(("pending", "active")),
         )
     ).scalars().all()
-    return max([row.expires_at, *values])
+    latest: datetime = max([row.expires_at, *values])
+    return latest
 
 
 def add_comment(

@@ -6,6 +6,8 @@ Revises:
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -19,7 +21,7 @@ depends_on = None
 _ZERO = sa.text("0")
 
 
-def _partial(condition: str) -> dict[str, sa.TextClause]:
+def _partial(condition: str) -> dict[str, Any]:
     return {"postgresql_where": sa.text(condition), "sqlite_where": sa.text(condition)}
 
 
