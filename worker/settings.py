@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     """Everything configurable. Defaults run a single-machine install with embedded
     Redis and a SQLite ledger (``jitgate up``)."""
 
-    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore", frozen=True)
+    # hide_input_in_errors: a validation error must never echo a secret it was given.
+    model_config = SettingsConfigDict(
+        env_prefix=_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     data_dir: Path = Path(".jitgate")
     broker_url: str | None = None

@@ -65,6 +65,22 @@ policies:
       - {{target: warehouse, role: {role}}}
     duration: 8h
     max_duration: 24h
+  - name: warehouse-short
+    source: jira
+    match:
+      project: OPS
+      issue_type: Access Request
+      requested: {{field: customfield_10070, equals: warehouse-short}}
+    approved_statuses: [Approved]
+    closed_statuses: [Done]
+    approvers:
+      users: [{approver}]
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 3s
 """
 
 
@@ -162,6 +178,9 @@ class Stack:
             out = [json.loads(r.payload) for r in rows]
         return [e for e in out if (event is None or e["event"] == event)
                 and (key is None or e["ticket"]["key"] == key)]
+
+    def send(self, task: str, *args: Any) -> None:
+        create_celery(self.settings).send_task(task, args=list(args))
 
     def pending_deliveries(self) -> int:
         with self.runtime.ledger.tx() as conn:

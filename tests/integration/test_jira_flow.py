@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -106,3 +107,46 @@ def test_denials(stack: Stack, case: str, rule: str) -> None:
     assert len(stack.audit("grant.denied", key)) == 1
     assert sum("did not grant" in c for c in stack.jira.comments(key)) == 1
     assert stack.grants_of(key) == []
+
+
+def test_concurrent_duplicate_deliveries_grant_once(stack: Stack) -> None:
+    """Jira retries and per-registration copies arrive together on several workers."""
+    stack.start_worker()  # a second worker process: four consumers in all
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    payload = stack.jira.transition(key, APPROVED, author=stack.approver)
+    for n in range(8):
+        assert stack.post(payload, identifier=f"copy-{n}-{key}").status_code == 202
+    wait_for(lambda: stack.pending_deliveries() == 0, what="deliveries processed")
+    grants = stack.grants_of(key)
+    assert [g.state for g in grants] == ["active"]
+    assert stack.is_member(principal)
+    assert len(stack.audit("grant.issued", key)) == 1
+    wait_for(lambda: any("granted" in c for c in stack.jira.comments(key)), what="comment")
+    assert sum("granted" in c for c in stack.jira.comments(key)) == 1
+
+
+def test_grant_expires_through_the_sweep(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal, requested="warehouse-short")
+    stack.transition(key, APPROVED)
+    grant = wait_for(lambda: next((g for g in stack.grants_of(key) if g.state == "active"), None),
+                     what="grant active")
+    assert (grant.expires_at - grant.starts_at).total_seconds() == 3
+    assert stack.is_member(principal)
+
+    def swept() -> bool:
+        stack.send("jitgate.sweep")
+        time.sleep(0.5)
+        return stack.grants_of(key)[0].state == "revoked"
+
+    wait_for(swept, timeout=20, what="expiry revocation")
+    assert not stack.is_member(principal)
+    revoked = stack.audit("grant.revoked", key)
+    assert [e["reason"] for e in revoked] == ["expired"]
+    # The ticket is still approved: a later event must not grant that approval again.
+    payload = stack.jira.edit_fields(key, {"summary": "still approved"}, author=stack.approver)
+    assert stack.post(payload).status_code == 202
+    wait_for(lambda: stack.pending_deliveries() == 0, what="deliveries processed")
+    assert [g.state for g in stack.grants_of(key)] == ["revoked"]
+    assert not stack.is_member(principal)
