@@ -105,7 +105,10 @@ class TicketSnapshot(_Frozen):
     the source's own coarse reading (Jira status category done → closed), which a
     policy refines through its ``approved_statuses``/``closed_statuses``.
     ``version`` orders snapshots of one ticket (Jira: the newest changelog id;
-    ServiceNow: ``sys_mod_count``).
+    ServiceNow: ``sys_mod_count``). ``final`` means the source itself says the ticket
+    is finished (ServiceNow closed states) whatever a policy's status lists say;
+    ``window`` is a scheduled access window the ticket carries (ServiceNow change
+    request ``start_date``/``end_date``).
     """
 
     ref: TicketRef
@@ -121,6 +124,8 @@ class TicketSnapshot(_Frozen):
     approvals: tuple[Approval, ...] = ()
     fields: Mapping[str, Any] = Field(default_factory=dict)
     summary: str | None = None
+    final: bool = False
+    window: tuple[AwareDatetime, AwareDatetime] | None = None
 
 
 class Outcome(enum.StrEnum):

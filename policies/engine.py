@@ -184,21 +184,22 @@ def _approved(
     mine: Sequence[LedgerGrant],
     now: datetime,
 ) -> list[Grant | Revoke | Deny]:
-    entry = _approval_entry(snapshot, policy)
-    if entry is None or entry.author is None:
+    basis = _approval_basis(snapshot, policy)
+    if basis is None:
+        # Fail closed: without a verifiable approval nothing stays granted either.
+        entry = _approval_entry(snapshot, policy)
+        anchor = entry.history_id if entry is not None else f"status-{snapshot.status}"
         return [
+            *_revoke_all(mine, "approval_withdrawn"),
             _deny(
                 snapshot,
                 policy,
                 "approval_not_verified",
-                "no status history entry shows who approved this ticket",
-            )
+                "no approval record shows who approved this ticket",
+                anchor,
+            ),
         ]
-    approval_ref = entry.history_id
-    approvers = _distinct(
-        [entry.author]
-        + [a.approver for a in snapshot.approvals if a.decision == "approved"]
-    )
+    approval_ref, approved_at, approvers = basis
     requester = snapshot.requester
 
     def deny(rule: str, message: str) -> list[Grant | Revoke | Deny]:
@@ -225,29 +226,35 @@ def _approved(
         if problem is not None:
             return deny("principal_invalid", problem)
 
-    starts_at = entry.at
-    expires_at = starts_at + policy.effective_duration
-    if expires_at <= now:
-        return deny("expired_before_grant", "the approved window ended before it could be granted")
-
-    out: list[Grant | Revoke | Deny] = []
+    if snapshot.window is not None:
+        # A scheduled window (change request): it starts when planned, and no planned
+        # end may stretch it beyond what the policy allows.
+        starts_at = snapshot.window[0]
+        cap = policy.max_duration or policy.duration
+        expires_at = min(snapshot.window[1], starts_at + cap)
+    else:
+        starts_at = approved_at
+        expires_at = starts_at + policy.effective_duration
     # The principal or roles may have been edited since an earlier approval.
     desired = {(g.target, g.role, principal) for g in policy.grants}
-    out.extend(
+    out: list[Grant | Revoke | Deny] = list(
         _revoke_all(
             [g for g in mine if (g.target, g.role, g.principal) not in desired], "request_changed"
         )
     )
-    held = {(g.target, g.role, g.principal) for g in mine}
-    done = {
+    # Held now, or granted once for this very approval (then expired, failed or revoked
+    # by hand): an approval is spent once, however often the ticket is re-read.
+    settled = {(g.target, g.role, g.principal) for g in mine} | {
         (g.target, g.role, g.principal)
         for g in ledger
         if g.policy == policy.name and g.approval_ref == approval_ref
     }
-    for item in policy.grants:
-        key = (item.target, item.role, principal)
-        if key in held or key in done:
-            continue
+    todo = [item for item in policy.grants if (item.target, item.role, principal) not in settled]
+    if todo and expires_at <= now:
+        out.append(_deny(snapshot, policy, "expired_before_grant",
+                         "the approved window ended before it could be granted", approval_ref))
+        return out
+    for item in todo:
         out.append(
             Grant(
                 policy=policy.name,
@@ -276,6 +283,24 @@ def _approval_entry(snapshot: TicketSnapshot, policy: Policy) -> StatusChange | 
         ),
         None,
     )
+
+
+def _approval_basis(
+    snapshot: TicketSnapshot, policy: Policy
+) -> tuple[str, datetime, list[Identity]] | None:
+    """(approval reference, approval time, distinct approvers), from the source's own
+    records: the status history entry into the approved status (Jira), or approval
+    records (JSM approvals, ServiceNow ``sysapproval_approver``)."""
+    decided = [a for a in snapshot.approvals if a.decision == "approved"]
+    entry = _approval_entry(snapshot, policy)
+    if entry is not None and entry.author is not None:
+        return entry.history_id, entry.at, _distinct([entry.author] + [a.approver for a in decided])
+    if snapshot.ref.source == "jira" or not decided:
+        return None  # a Jira approval is the status change, and it names no one here
+    times = [a.at for a in decided if a.at is not None]
+    ref = "approvals:" + ",".join(sorted(a.approval_id for a in decided))
+    approved_at = max(times) if times else snapshot.updated_at
+    return ref, approved_at, _distinct([a.approver for a in decided])
 
 
 def _allowed(person: Identity, policy: Policy) -> bool:

@@ -168,16 +168,16 @@ def _load_file(
     if node is None:
         errors.append(PolicyError(str(file), 1, "", "the file is empty"))
         return None
-    missing: list[PolicyError] = []
-    data = _to_python(node, env, file, (), missing)
-    if missing:
-        errors.extend(missing)
-        return None
+    own: list[PolicyError] = []
+    data = _to_python(node, env, file, (), own)
+    errors.extend(own)
     try:
-        return PolicyFile.model_validate(data), node
+        document = PolicyFile.model_validate(data)
     except ValidationError as exc:
         errors.extend(_from_validation(file, node, exc))
         return None
+    # Keep validating the rest of the file, but never load a file with errors.
+    return None if own else (document, node)
 
 
 def _validate_options(
@@ -260,7 +260,12 @@ def _to_python(
         return [
             _to_python(item, env, file, (*loc, i), errors) for i, item in enumerate(node.value)
         ]
-    value = _scalar(node)
+    try:
+        value = _scalar(node)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "cannot read this value"
+        errors.append(PolicyError(str(file), node.start_mark.line + 1, _dotted(loc), problem))
+        return None
     if isinstance(value, str) and "${" in value:
 
         def substitute(match: re.Match[str]) -> str:

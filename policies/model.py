@@ -65,6 +65,8 @@ _RESERVED_PREFIXES = ("pg_",)
 def parse_duration(value: Any) -> timedelta:
     """``"8h"``, ``"30m"``, ``"2d"``, ``"1w"``, ``"90s"`` or seconds as an int."""
     if isinstance(value, timedelta):
+        if value <= timedelta(0):
+            raise ValueError("a duration must be positive")
         return value
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 8h, 30m or 2d")
@@ -76,6 +78,8 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError("expected a duration such as 8h, 30m or 2d")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > 100 * 365 * 86400:
+        raise ValueError("a duration longer than 100 years is not a time limit")
     return timedelta(seconds=seconds)
 
 
@@ -270,6 +274,8 @@ class Policy(_Strict):
         """The ticket's state under this policy's status mapping."""
         if snapshot.state == "deleted":
             return "deleted"
+        if snapshot.final and snapshot.state in {"closed", "rejected"}:
+            return snapshot.state  # the source says it is over, whatever the status lists say
         if _status_in(snapshot, self.rejected_statuses):
             return "rejected"
         if _status_in(snapshot, self.closed_statuses):

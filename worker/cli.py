@@ -31,7 +31,8 @@ def _settings() -> Settings:
     try:
         return Settings()
     except (ValidationError, SettingsError) as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+        click.echo(f"jitgate: configuration: {exc}", err=True)
+        sys.exit(2)
 
 
 def _fail(message: str, code: int = 2) -> None:

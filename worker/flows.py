@@ -165,7 +165,8 @@ def _record_decision(
                     "starts_at": action.starts_at,
                     "expires_at": action.expires_at,
                     "created_at": now,
-                    "next_attempt_at": retry_at,
+                    # A scheduled grant is due when its window opens, not before.
+                    "next_attempt_at": action.starts_at if action.starts_at > now else retry_at,
                     "delivery_id": delivery_id,
                     "updated_at": now,
                 },

@@ -69,10 +69,10 @@ def append(
     if exists is not None:
         return None
     body: dict[str, Any] = {
+        **fields,  # first: a field can never override the chain's own keys
         "seq": seq + 1,
         "ts": ts.isoformat().replace("+00:00", "Z"),
         "event": event,
-        **fields,
         "event_key": key,
         "prev_hash": prev_hash,
     }
@@ -108,6 +108,19 @@ def _ticket_uid(fields: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _row_matches(row: Any, body: Mapping[str, Any]) -> bool:
+    """The indexed columns are copies of the payload; an edit to one is tampering too."""
+    ts = row.ts.isoformat().replace("+00:00", "Z") if row.ts is not None else None
+    return (
+        body.get("seq") == row.seq
+        and body.get("event") == row.event
+        and body.get("event_key") == row.event_key
+        and body.get("ts") == ts
+        and body.get("grant_id") == row.grant_id
+        and _ticket_uid(body) == row.ticket_uid
+    )
+
+
 @dataclass(frozen=True)
 class ChainBreak:
     seq: int
@@ -121,8 +134,7 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> Iterator[ChainBreak]
     last = 0
     while True:
         rows = conn.execute(
-            select(audit_events.c.seq, audit_events.c.payload, audit_events.c.prev_hash,
-                   audit_events.c.hash)
+            select(audit_events)
             .where(audit_events.c.seq > last)
             .order_by(audit_events.c.seq)
             .limit(batch)
@@ -141,8 +153,8 @@ def verify_chain(conn: Connection, *, batch: int = 5000) -> Iterator[ChainBreak]
             except ValueError:
                 yield ChainBreak(row.seq, "payload is not JSON")
                 return
-            if body.get("prev_hash") != prev_hash or body.get("seq") != row.seq:
-                yield ChainBreak(row.seq, "payload does not match its row")
+            if body.get("prev_hash") != prev_hash or not _row_matches(row, body):
+                yield ChainBreak(row.seq, "row columns do not match its hashed payload")
                 return
             if _hash(prev_hash, row.payload) != row.hash:
                 yield ChainBreak(row.seq, "hash does not match the payload (row edited)")

@@ -40,6 +40,8 @@ def jira_signature_ok(raw: bytes, header: str | None, secrets: tuple[bytes, ...]
     if algo.strip().lower() != "sha256":
         return False
     sent = sent.strip().lower()
+    if not sent.isascii():
+        return False  # compare_digest refuses non-ASCII text; such a header is simply wrong
     ok = False
     for secret in secrets:
         want = hmac.new(secret, raw, hashlib.sha256).hexdigest()

@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, inspect, select, text
 
-from worker.ledger.audit import append
 from worker.ledger import db as ledger_db
+from worker.ledger.audit import append
 from worker.ledger.db import Ledger, migrate
 from worker.ledger.schema import audit_events, audit_head, metadata
 
