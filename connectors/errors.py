@@ -13,6 +13,7 @@ __all__ = [
     "SourceNotConfigured",
     "TicketNotFound",
     "TransientError",
+    "WebhookParseError",
 ]
 
 
@@ -49,3 +50,14 @@ class SourceNotConfigured(PermanentError):
     """No credentials or URL configured for this ticket source."""
 
     code = "source_not_configured"
+
+
+class WebhookParseError(ValueError):
+    """A webhook body cannot be used. ``status`` is the HTTP answer: 400 for bytes that
+    are not a JSON object, 422 for a JSON object that does not fit the schema. Both are
+    final for Jira (it retries only 408/409/425/429/5xx)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason

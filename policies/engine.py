@@ -163,6 +163,11 @@ def decide(
         if state in {"closed", "rejected"}:
             reason: RevokeReason = "ticket_rejected" if state == "rejected" else "ticket_closed"
             actions.extend(_revoke_all(mine, reason))
+            if state == "rejected" and not any(g.policy == policy.name for g in ledger):
+                # Record the refusal once, so the trail shows the request ended unmet.
+                actions.append(_deny(snapshot, policy, "request_rejected",
+                                     "the request was rejected by its approvers",
+                                     f"status-{snapshot.status}"))
             notes.append(f"{policy.name}: ticket is {state}")
             continue
         if state != "approved":

@@ -28,6 +28,7 @@ from connectors.base import TicketSnapshot, TicketState
 __all__ = [
     "RESERVED_PRINCIPALS",
     "Approvers",
+    "DriftRule",
     "Duration",
     "GrantItem",
     "Match",
@@ -203,6 +204,19 @@ class GrantItem(_Strict):
         return value
 
 
+class DriftRule(_Strict):
+    """What target reconciliation does about differences on this policy's roles.
+
+    ``enforce``: revoke members jitgate does not hold active (only names the target's
+    principal pattern admits, so service accounts outside it are reported, never
+    touched). ``missing``: a ledger-active grant absent on the target is re-applied or
+    closed.
+    """
+
+    enforce: bool = False
+    missing: Literal["reapply", "close"] = "reapply"
+
+
 class Policy(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     source: Literal["jira", "servicenow"]
@@ -216,6 +230,7 @@ class Policy(_Strict):
     duration: Duration
     max_duration: Duration | None = None
     stale_after: Duration = timedelta(hours=72)
+    drift: DriftRule = DriftRule()
 
     @model_validator(mode="after")
     def _durations(self) -> Policy:
@@ -258,8 +273,10 @@ class Policy(_Strict):
         if m.issue_type and snapshot.issue_type is None:
             return False
         if m.cat_item:
+            # by sys_id or by the catalog item's name
             item = _field_value(snapshot.fields.get("cat_item"))
-            if not _named(item, m.cat_item):
+            name = _field_value(snapshot.fields.get("cat_item_name"))
+            if not (_named(item, m.cat_item) or _named(name, m.cat_item)):
                 return False
         return True
 

@@ -61,6 +61,10 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
         worker_redirect_stdouts=False,
         beat_schedule={
             "sweep": {"task": "jitgate.sweep", "schedule": settings.sweep_interval},
+            "poll-sources": {"task": "jitgate.poll_sources",
+                             "schedule": settings.poll_interval},
+            "reconcile-targets": {"task": "jitgate.reconcile_targets",
+                                  "schedule": settings.drift_interval},
         },
         include=["worker.tasks"],
     )

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -35,7 +35,7 @@ def _settings() -> Settings:
         sys.exit(2)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"jitgate: {message}", err=True)
     sys.exit(code)
 
@@ -255,6 +255,52 @@ def grants(states: tuple[str, ...], as_json: bool) -> None:
         else:
             click.echo(f"{row.id}  {row.state:<13} {row.ticket_key:<12} {row.principal} → "
                        f"{row.target}/{row.role}  until {row.expires_at:%Y-%m-%d %H:%M}Z")
+
+
+@main.command()
+@click.argument("grant_id")
+@click.option("--reason", required=True, help="Why, in words; kept in the audit trail.")
+def revoke(grant_id: str, reason: str) -> None:
+    """Revoke one grant now (reason required)."""
+    from worker import flows  # noqa: PLC0415
+
+    if not reason.strip():
+        _fail("--reason must say why")
+    runtime = Runtime(_settings())
+    result = flows.manual_revoke(runtime, grant_id, note=reason.strip())
+    if result is None:
+        _fail(f"no grant {grant_id}", 1)
+    if result.state == "revoked":
+        click.echo(f"{grant_id} revoked")
+        return
+    click.echo(f"{grant_id} is {result.state}: the target did not confirm yet; the sweep "
+               "keeps retrying (see `jitgate grants --state revoke_failed`)", err=True)
+    sys.exit(1)
+
+
+@main.command()
+def sweep() -> None:
+    """Run one sweep now (expiry, staleness, re-drive) — for a CronJob instead of beat."""
+    from worker import sweeps  # noqa: PLC0415
+
+    report = sweeps.run(Runtime(_settings()))
+    click.echo(json.dumps(report.counts()))
+
+
+@main.command()
+def reconcile() -> None:
+    """Poll the ticket sources and reconcile targets once; print what was found."""
+    from worker import flows  # noqa: PLC0415
+    from worker import reconcile as rec  # noqa: PLC0415
+
+    runtime = Runtime(_settings())
+    inbox = rec.poll_sources(runtime)
+    for inbox_id in inbox:
+        flows.process_event(runtime, inbox_id)
+    drift = rec.reconcile_targets(runtime)
+    click.echo(json.dumps({"polled": len(inbox), "unmanaged": len(drift.unmanaged),
+                           "missing": len(drift.missing), "repaired": drift.repaired,
+                           "unreachable": drift.unreachable}))
 
 
 @main.group()

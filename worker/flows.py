@@ -29,9 +29,6 @@ __all__ = ["EventResult", "apply_grant", "post_comment", "process_event"]
 
 log = structlog.get_logger("jitgate.flow")
 
-# After this many failed attempts a revocation is flagged revoke_failed (and keeps going).
-REVOKE_ATTEMPTS_BEFORE_ALERT = 5
-
 
 @dataclass
 class EventResult:
@@ -121,6 +118,21 @@ def decide_and_apply(
         if applied.retry_in is not None:
             result.retries.append((grant_id, applied.retry_in))
     return result
+
+
+def manual_revoke(rt: Runtime, grant_id: str, *, note: str) -> ApplyResult | None:
+    """Revoke one grant by hand (``jitgate revoke``); the note is kept with the grant and
+    its audit event. Returns None when the grant does not exist."""
+    ledger = rt.ledger
+    with ledger.tx() as conn:
+        row = store.lock_grant(ledger, conn, grant_id)
+        if row is None:
+            return None
+        now = ledger.now(conn)
+        if store.request_revoke(conn, grant_id, reason="manual", now=now,
+                                retry_at=now + rt.stuck_after):
+            store.set_grant(conn, grant_id, revoke_note=note[:500])
+    return apply_grant(rt, grant_id)
 
 
 def fail_delivery(rt: Runtime, inbox_id: str, *, outcome: str) -> None:
@@ -243,7 +255,7 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
         )
     except TransientError as exc:
         attempts = row.attempts + 1
-        delay = _backoff(attempts, rt.settings.revoke_retry_max_backoff)
+        delay = _backoff(rt, attempts)
         store.set_grant(conn, row.id, attempts=attempts, last_error=_error(exc),
                         next_attempt_at=now + timedelta(seconds=delay), updated_at=now)
         log.warning("grant.retry", error=exc.code, attempts=attempts, retry_in=round(delay, 1))
@@ -277,14 +289,14 @@ def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
     except (TransientError, PermanentError) as exc:
         # Fail safe: a revocation never gives up, it only becomes visible.
         attempts = row.attempts + 1
-        delay = _backoff(attempts, rt.settings.revoke_retry_max_backoff)
+        delay = _backoff(rt, attempts)
         values: dict[str, Any] = {
             "attempts": attempts,
             "last_error": _error(exc),
             "next_attempt_at": now + timedelta(seconds=delay),
             "updated_at": now,
         }
-        if attempts >= REVOKE_ATTEMPTS_BEFORE_ALERT and row.state != "revoke_failed":
+        if attempts >= rt.settings.revoke_alert_after and row.state != "revoke_failed":
             values["state"] = "revoke_failed"
             _record(tx, "grant.revoke_failed", row, reason=reason,
                     detail=exc.code, attempts=attempts)
@@ -296,7 +308,7 @@ def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
         return ApplyResult(values.get("state", row.state), retry_in=delay)
     store.set_grant(conn, row.id, state="revoked", revoked_at=now, revoke_reason=reason,
                     last_error=None, next_attempt_at=None, updated_at=now)
-    _record(tx, "grant.revoked", row, reason=reason, outcome=outcome)
+    _record(tx, "grant.revoked", row, reason=reason, outcome=outcome, note=row.revoke_note)
     _comment(tx, row, "grant.revoked",
              f"jitgate revoked {row.role} on {row.target} from {row.principal} "
              f"(reason: {reason}).")
@@ -399,9 +411,10 @@ def _outcome(decision: Decision) -> str:
     return "ignored" if decision.ignored else "no_change"
 
 
-def _backoff(attempts: int, cap: float) -> float:
-    # Exponential with full jitter, so a recovering target is not hit in lockstep.
-    base: float = min(cap, 2.0 ** min(attempts, 16))
+def _backoff(rt: Runtime, attempts: int) -> float:
+    # Exponential with jitter, so a recovering target is not hit in lockstep.
+    s = rt.settings
+    base: float = min(s.revoke_retry_max_backoff, s.retry_base_delay * 2.0 ** min(attempts, 20))
     return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not security
 
 

@@ -86,6 +86,10 @@ class Runtime:
                     from None
         return self._targets[name]
 
+    def configured_sources(self) -> list[str]:
+        s = self.settings
+        return [k for k, url in (("jira", s.jira_url), ("servicenow", s.servicenow_url)) if url]
+
     def source(self, kind: str) -> SourceConnector:
         if kind not in self._sources:
             self._sources[kind] = self._build_source(kind)
@@ -99,6 +103,13 @@ class Runtime:
             from connectors.jira import JiraSource  # noqa: PLC0415 - only when configured
 
             return JiraSource(url=s.jira_url, user=s.jira_user, token=s.jira_token)
+        if kind == "servicenow":
+            if not s.servicenow_url:
+                raise SourceNotConfigured("JITGATE_SERVICENOW_URL is not set")
+            from connectors.servicenow import ServiceNowSource  # noqa: PLC0415
+
+            return ServiceNowSource(url=s.servicenow_url, user=s.servicenow_user,
+                                    password=s.servicenow_password)
         raise SourceNotConfigured(f"no connector for source {kind!r}")
 
     def close(self) -> None:

@@ -22,6 +22,8 @@ SECRET_FIELDS = (
     "jira_webhook_secret_previous",
     "servicenow_password",
     "servicenow_webhook_secret",
+    "servicenow_webhook_secret_previous",
+    "servicenow_webhook_password",
 )
 
 _PREFIX = "JITGATE_"
@@ -61,6 +63,12 @@ class Settings(BaseSettings):
     servicenow_user: str | None = None
     servicenow_password: SecretStr | None = None
     servicenow_webhook_secret: SecretStr | None = None
+    servicenow_webhook_secret_previous: SecretStr | None = None
+    # Signed timestamps older (or newer) than this are replays or broken clocks: 401.
+    servicenow_webhook_tolerance: float = Field(default=300.0, gt=0)
+    # For senders that cannot run the signing script: HTTP Basic instead of a signature.
+    servicenow_webhook_user: str | None = None
+    servicenow_webhook_password: SecretStr | None = None
 
     # Celery. Every time limit stays below the visibility timeout, or Redis redelivers
     # a task that is still running.
@@ -70,9 +78,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1)
 
     sweep_interval: float = Field(default=15.0, gt=0)
+    poll_interval: float = Field(default=120.0, gt=0)
+    drift_interval: float = Field(default=300.0, gt=0)
     # A grant left pending/revoking this long (worker killed, broker flushed) is re-driven.
     stuck_after: float = Field(default=60.0, gt=0)
+    # Target retries: base · 2^attempt with jitter, capped. Revocations retry forever and
+    # are flagged revoke_failed after revoke_alert_after attempts.
+    retry_base_delay: float = Field(default=1.0, gt=0)
     revoke_retry_max_backoff: float = Field(default=300.0, gt=0)
+    revoke_alert_after: int = Field(default=5, ge=1)
 
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
@@ -113,6 +127,15 @@ class Settings(BaseSettings):
 
     def jira_secrets(self) -> tuple[bytes, ...]:
         return _secrets(self.jira_webhook_secret, self.jira_webhook_secret_previous)
+
+    def servicenow_secrets(self) -> tuple[bytes, ...]:
+        return _secrets(self.servicenow_webhook_secret, self.servicenow_webhook_secret_previous)
+
+    def servicenow_basic_auth(self) -> tuple[str, bytes] | None:
+        password = _secrets(self.servicenow_webhook_password)
+        if self.servicenow_webhook_user and password:
+            return self.servicenow_webhook_user, password[0]
+        return None
 
 
 def _secrets(*values: SecretStr | None) -> tuple[bytes, ...]:

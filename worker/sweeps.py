@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from worker import flows
 from worker.ledger import store
-from worker.ledger.schema import comments, grants, inbox
+from worker.ledger.schema import comments, grants, inbox, tickets
 from worker.runtime import Runtime
 
 __all__ = ["SweepReport", "run"]
@@ -27,6 +27,7 @@ BATCH = 500
 @dataclass
 class SweepReport:
     expired: int = 0
+    stale: int = 0
     redriven: int = 0
     redeliver: list[str] = field(default_factory=list)
     comment_ids: list[str] = field(default_factory=list)
@@ -35,6 +36,7 @@ class SweepReport:
     def counts(self) -> dict[str, int]:
         return {
             "expired": self.expired,
+            "stale": self.stale,
             "redriven": self.redriven,
             "redelivered": len(self.redeliver),
             "comments": len(self.comment_ids),
@@ -46,6 +48,9 @@ def run(rt: Runtime) -> SweepReport:
     ledger = rt.ledger
     expired = _expire(rt)
     report.expired = len(expired)
+    stale = _stale(rt)
+    report.stale = len(stale)
+    expired += stale
     with ledger.tx() as conn:
         now = ledger.now(conn)
         due = [g for g in store.due_work(conn, now=now, stuck_after=rt.stuck_after, limit=BATCH)
@@ -98,3 +103,30 @@ def _expire(rt: Runtime) -> list[str]:
             if store.request_revoke(conn, grant_id, reason="expired", now=now,
                                     retry_at=now + rt.stuck_after)
         ]
+
+
+def _stale(rt: Runtime) -> list[str]:
+    """Revoke (reason ``stale``) active grants whose ticket has not changed for the
+    policy's ``stale_after``: an abandoned request does not keep its access."""
+    ledger = rt.ledger
+    out: list[str] = []
+    with ledger.tx() as conn:
+        now = ledger.now(conn)
+        for policy in rt.policies.policies:
+            stmt = (
+                select(grants.c.id)
+                .join(tickets, tickets.c.uid == grants.c.ticket_uid)
+                .where(
+                    grants.c.state == "active",
+                    grants.c.policy == policy.name,
+                    tickets.c.updated_at <= now - policy.stale_after,
+                )
+                .limit(BATCH)
+            )
+            if ledger.is_postgres:
+                stmt = stmt.with_for_update(of=grants, skip_locked=True)
+            for grant_id in conn.execute(stmt).scalars():
+                if store.request_revoke(conn, grant_id, reason="stale", now=now,
+                                        retry_at=now + rt.stuck_after):
+                    out.append(grant_id)
+    return out

@@ -13,9 +13,17 @@ import structlog
 from celery import Celery, Task, shared_task
 
 from connectors.errors import PermanentError, TransientError
-from worker import flows, sweeps
+from worker import flows, reconcile, sweeps
 
-__all__ = ["apply_grant", "bind", "post_comment", "process_event", "sweep"]
+__all__ = [
+    "apply_grant",
+    "bind",
+    "poll_sources",
+    "post_comment",
+    "process_event",
+    "reconcile_targets",
+    "sweep",
+]
 
 log = structlog.get_logger("jitgate.tasks")
 
@@ -83,3 +91,21 @@ def sweep(self: Task[Any, Any]) -> dict[str, int]:
         process_event.delay(inbox_id)
     _follow_up(report.comment_ids, report.retries)
     return report.counts()
+
+
+@shared_task(bind=True, name="jitgate.poll_sources")  # type: ignore[untyped-decorator]
+def poll_sources(self: Task[Any, Any]) -> int:
+    """Ask each ticket source what changed since the last poll (lost webhooks)."""
+    inbox_ids = reconcile.poll_sources(self.app.runtime)
+    for inbox_id in inbox_ids:
+        process_event.delay(inbox_id)
+    return len(inbox_ids)
+
+
+@shared_task(bind=True, name="jitgate.reconcile_targets")  # type: ignore[untyped-decorator]
+def reconcile_targets(self: Task[Any, Any]) -> dict[str, int]:
+    """Compare managed roles on every target with the ledger; report and repair drift."""
+    report = reconcile.reconcile_targets(self.app.runtime)
+    _follow_up(report.comment_ids, [])
+    return {"unmanaged": len(report.unmanaged), "missing": len(report.missing),
+            "repaired": report.repaired, "unreachable": len(report.unreachable)}

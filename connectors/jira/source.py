@@ -13,10 +13,11 @@ block and carry only fixed text, the operation name and the status code.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
 import requests
@@ -54,6 +55,11 @@ _APPROVER_DECISIONS: Mapping[str, Literal["approved", "rejected", "pending"]] = 
 _CHANGELOG_PAGE = 100  # Cloud's maximum page size for GET issue/{id}/changelog
 _COMMENT_PAGE = 100
 _MAX_PAGES = 1000  # a server that never says "last page" must not loop forever
+# Reconciliation search: everything that goes into JQL is checked against these
+# (ASCII only, whole string) so no configured or stored value can change the query.
+_PROJECT_KEY = re.compile(r"[A-Z][A-Z0-9_]{0,49}")
+_ISSUE_ID = re.compile(r"[0-9]{1,18}")
+_IDS_PER_QUERY = 100
 
 
 def parse_jira_datetime(value: Any) -> datetime | None:
@@ -97,6 +103,15 @@ def _looks_like_approvals(value: Any) -> bool:
     )
 
 
+class _QueryRejected(PermanentError):
+    """Internal: Jira answered a search with 400 (the JQL names something it refuses)."""
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def _status_error(status: int | None, what: str, *, not_found: bool) -> ConnectorError:
     if status is None or status >= 500 or status in _TRANSIENT_STATUSES:
         shown = "no response" if status is None else f"HTTP {status}"
@@ -129,6 +144,7 @@ class JiraSource:
         token: SecretStr | str | None,
         timeout: float = 10.0,
         deployment: Deployment = "auto",
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._url = url.strip().rstrip("/")
         self._user = user or None
@@ -142,6 +158,7 @@ class JiraSource:
         self._lock = threading.Lock()
         self._jira: JIRA | None = None
         self._approval_fields: frozenset[str] | None = None
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     def __repr__(self) -> str:
         # Never the token: reprs end up in logs and tracebacks.
@@ -359,6 +376,99 @@ class JiraSource:
                 str(g["name"]) for g in found or [] if isinstance(g, dict) and g.get("name")
             )
         return ()
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def changed_since(
+        self, *, since: datetime, projects: Sequence[str], ids: Sequence[str] = ()
+    ) -> list[str]:
+        """Ids of the issues in ``projects`` or in ``ids`` updated at or after ``since``
+        (``ids``: tickets holding grants, so one moved out of the projects, or no longer
+        matching a webhook filter, is still seen). The cost of a poll follows what
+        changed, not how many grants are live.
+
+        The window is the relative ``updated >= -Nm`` with N rounded up plus one
+        minute, not a date literal: literals have minute resolution and are read in the
+        API user's profile time zone. Because N is measured on our clock and applied to
+        Jira's "now", clock skew between us and Jira cancels out as long as ``since``
+        was taken on our clock (e.g. when the previous poll started). The overlap
+        returns some issues twice across polls; processing is idempotent.
+
+        One search covers the projects; ``ids`` go in separate ``id in (...)`` searches
+        of at most 100. Jira rejects a whole query (400) that names an id it cannot see,
+        so a rejected chunk is retried id by id, and an id still rejected (deleted, or
+        no longer visible) is returned anyway: the caller's re-read then reports it as
+        not found instead of the poll failing for every other ticket.
+        """
+        if since.tzinfo is None or since.utcoffset() is None:
+            raise ValueError("since must be timezone-aware")
+        keys = self._checked(projects, _PROJECT_KEY, "project key")
+        wanted = self._checked(ids, _ISSUE_ID, "issue id")
+        if not keys and not wanted:
+            return []
+        found: dict[str, None] = {}  # insertion-ordered set
+        elapsed = (self._clock() - since).total_seconds()
+        window = f"updated >= -{max(0, math.ceil(elapsed / 60)) + 1}m"
+        if keys:
+            quoted = ", ".join(f'"{k}"' for k in keys)
+            found.update(dict.fromkeys(self._search(f"project in ({quoted}) AND {window}")))
+        for chunk in _chunks(wanted, _IDS_PER_QUERY):
+            found.update(dict.fromkeys(self._search_ids(chunk, window)))
+        return list(found)
+
+    @staticmethod
+    def _checked(values: Sequence[str], pattern: re.Pattern[str], what: str) -> list[str]:
+        # A bare string is a Sequence[str] too: "OPS" must not become O, P, S.
+        if isinstance(values, str):
+            raise ValueError(f"jira: expected a sequence of {what}s, not a string")
+        out: dict[str, None] = {}
+        for value in values:
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                raise ValueError(f"jira: not a valid {what}: {repr(value)[:60]}")
+            out[value] = None
+        return list(out)
+
+    def _search_ids(self, chunk: Sequence[str], window: str) -> list[str]:
+        try:
+            return self._search(f"id in ({', '.join(chunk)}) AND {window}")
+        except _QueryRejected:
+            if len(chunk) == 1:
+                return list(chunk)
+        out: list[str] = []
+        for issue_id in chunk:
+            out.extend(self._search_ids([issue_id], window))
+        return out
+
+    def _search(self, jql: str) -> list[str]:
+        """All pages of a JQL search, as issue ids. Cloud: ``search/jql`` (token paging);
+        DC still serves the old ``search`` (offset paging), which Cloud answers with 410."""
+        client = self._client()
+
+        def run() -> Any:
+            try:
+                if self._is_cloud(client):
+                    return client.enhanced_search_issues(
+                        jql, nextPageToken=None, maxResults=0, fields=["updated"]
+                    )
+                return client.search_issues(jql, startAt=0, maxResults=0, fields=["updated"])
+            except JIRAError as exc:
+                if exc.status_code != 400:
+                    raise
+            # Outside the handler: the JIRAError must not ride along as __context__.
+            raise _QueryRejected("jira: search was rejected (HTTP 400)", code="source_error")
+
+        issues = self._call("search issues", run)
+        if issues is None:
+            # The library's @cloud_api methods return None instead of calling.
+            raise PermanentError("jira: search is not available", code="source_error")
+        out: list[str] = []
+        for issue in issues:
+            raw = getattr(issue, "raw", None)
+            issue_id = _opt_str(raw.get("id")) if isinstance(raw, dict) else None
+            if not issue_id or not _ISSUE_ID.fullmatch(issue_id):
+                raise TransientError("jira: search result came back malformed")
+            out.append(issue_id)
+        return out
 
     # ------------------------------------------------------------------ history
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.base import Identity
+from connectors.errors import WebhookParseError
 from connectors.jira.identity import jira_identity
 
 __all__ = [
@@ -33,17 +34,6 @@ __all__ = [
 _MAX_IDENTIFIER_LEN = 200
 _MAX_REASON_LEN = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class WebhookParseError(ValueError):
-    """The body cannot be used. ``status`` is the HTTP answer: 400 for bytes that are
-    not a JSON object, 422 for a JSON object that does not fit the schema. Both are
-    final for Jira (it retries only 408/409/425/429/5xx)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status}: {reason}")
-        self.status = status
-        self.reason = reason
 
 
 class _Permissive(BaseModel):

@@ -442,10 +442,10 @@ class ServiceNowSource:
         return tuple(dict.fromkeys(g for r in rows if (g := reference_value(r.get("group")))))
 
     def changed_since(self, since: datetime, tables: Iterable[str] = SUPPORTED_TABLES) -> list[str]:
-        """Ticket ids updated at or after ``since`` (oldest first per table), for the
-        reconciliation poll. Callers should overlap windows by a few minutes: offset
-        paging over a moving order can skip a record updated mid-scan, which the next
-        poll then sees (its ``sys_updated_on`` is newer)."""
+        """Ticket ids updated at or after ``since`` (oldest first per table; a naive
+        ``since`` is taken as UTC), for the reconciliation poll. Callers should overlap
+        windows by a few minutes: offset paging over a moving order can skip a record
+        updated mid-scan, which the next poll then sees (its ``sys_updated_on`` is newer)."""
         literal = format_servicenow_datetime(since)
         out: dict[str, None] = {}
         for table in tables:

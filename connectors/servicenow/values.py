@@ -44,10 +44,11 @@ def parse_servicenow_datetime(value: Any) -> datetime | None:
 
 
 def format_servicenow_datetime(at: datetime) -> str:
-    """The raw form of an aware datetime (UTC, second resolution)."""
-    if at.tzinfo is None:
-        raise ValueError("datetime must be timezone-aware")
-    return at.astimezone(UTC).strftime(_DATETIME_FORMAT)
+    """The raw form of a datetime (UTC, second resolution). A naive value is taken as
+    UTC already, as pysnow does: SQLite hands timestamps back without a zone."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    return at.strftime(_DATETIME_FORMAT)
 
 
 def reference_value(value: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.jira.webhook import WebhookParseError
+from connectors.errors import WebhookParseError
 from connectors.servicenow.values import (
     SUPPORTED_TABLES,
     SYS_ID,

@@ -11,9 +11,11 @@ import pickle
 import time
 import traceback
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import requests
 
 from connectors.base import SourceConnector
 from connectors.errors import ConnectorError, PermanentError, TicketNotFound, TransientError
@@ -330,3 +332,227 @@ def test_connector_errors_only(jira: JiraDouble) -> None:
     source = JiraSource(url="", user="u", token=TOKEN)
     with pytest.raises(ConnectorError):
         source.fetch("OPS-1")
+
+
+# ---------------------------------------------------------------- reconciliation search
+
+
+class _Clock:
+    """A settable clock shared by the double (issue times) and the source (window)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, 9, 0, 7, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _search_requests(jira: JiraDouble) -> list[Any]:
+    return [r for r in jira.requests if "/search" in r.path]
+
+
+def test_changed_since_pages_through_all_results() -> None:
+    with JiraDouble(token=TOKEN) as jira:
+        jira.search_page_max = 3
+        user = jira.add_user("712020:x", "X")
+        ids = [jira.create_issue(f"OPS-{n}", reporter=user) for n in range(1, 9)]
+        jira.reset_requests()
+
+        found = _source(jira).changed_since(
+            since=datetime.now(UTC) - timedelta(minutes=5), projects=["OPS"]
+        )
+
+        assert sorted(found, key=int) == ids
+        pages = _search_requests(jira)
+        assert [r.path for r in pages] == ["/rest/api/2/search/jql"] * 3
+        assert "nextPageToken" not in pages[0].query
+        assert all("nextPageToken" in r.query for r in pages[1:])
+        assert pages[0].query["fields"] == ("updated",)
+
+
+def test_changed_since_excludes_older_issues_with_a_one_minute_overlap() -> None:
+    clock = _Clock()
+    with JiraDouble(token=TOKEN, clock=clock) as jira:
+        user = jira.add_user("712020:x", "X")
+        old = jira.create_issue("OPS-1", reporter=user)
+        jira.create_issue("SEC-1", project="SEC", reporter=user)
+        clock.now += timedelta(hours=2)
+        since = clock.now
+        edge = jira.create_issue("OPS-2", reporter=user)  # updated exactly at `since`
+        clock.now += timedelta(minutes=10)
+        fresh = jira.create_issue("OPS-3", reporter=user)
+        jira.transition("OPS-1", APPROVED, author=user)  # touched again: found once more
+        clock.now += timedelta(seconds=30)
+        source = JiraSource(url=jira.url, user=jira.user, token=TOKEN, clock=clock)
+
+        def found(after: datetime) -> set[str]:
+            return set(source.changed_since(since=after, projects=["OPS"]))
+
+        assert found(since) == {edge, fresh, old}  # SEC-1 is in another project
+        [request] = _search_requests(jira)
+        # 10.5 min elapsed -> 11, plus one minute of overlap for minute rounding.
+        assert request.query["jql"] == ('project in ("OPS") AND updated >= -12m',)
+        assert found(since + timedelta(minutes=5)) == {fresh, old}  # edge is 5 min older
+        # Overlap: something a few seconds older than `since` may come back (processing
+        # is idempotent); nothing newer is ever missed.
+        assert found(since + timedelta(seconds=30)) == {edge, fresh, old}
+        clock.now += timedelta(minutes=3)
+        assert found(clock.now) == set()
+
+
+def test_changed_since_includes_grant_holding_issue_moved_out_of_the_projects() -> None:
+    clock = _Clock()
+    with JiraDouble(token=TOKEN, clock=clock) as jira:
+        user = jira.add_user("712020:x", "X")
+        held = jira.create_issue("OPS-1", reporter=user)
+        quiet = jira.create_issue("OTHER-1", project="OTHER", reporter=user)
+        clock.now += timedelta(hours=1)
+        since = clock.now
+        clock.now += timedelta(minutes=5)
+        jira.move_issue("OPS-1", "SEC", author=user)
+        source = JiraSource(url=jira.url, user=jira.user, token=TOKEN, clock=clock)
+
+        assert source.changed_since(since=since, projects=["OPS"]) == []
+        # Held ids are searched wherever they live now, but only when they changed.
+        found = source.changed_since(since=since, projects=["OPS"], ids=[held, quiet, held])
+        assert found == [held]
+        assert source.fetch(held).project == "SEC"
+        assert source.changed_since(since=since, projects=[], ids=[held]) == [held]
+
+
+def test_changed_since_chunks_ids_and_survives_a_deleted_issue(jira: JiraDouble) -> None:
+    user = jira.add_user("712020:x", "X")
+    ids = [jira.create_issue(f"OPS-{n}", reporter=user) for n in range(1, 251)]
+    source = _source(jira)
+    source.check()
+    jira.reset_requests()
+
+    found = source.changed_since(since=datetime.now(UTC), projects=[], ids=ids)
+
+    assert sorted(found, key=int) == ids
+    jqls = [r.query["jql"][0] for r in _search_requests(jira)]
+    assert len(jqls) == 3
+    assert [j.count(",") + 1 for j in jqls] == [100, 100, 50]
+    assert all(j.startswith("id in (") for j in jqls)
+
+    # Jira rejects a whole query naming an issue it cannot see; the poll must go on.
+    jira.delete_issue("OPS-7")
+    jira.reset_requests()
+    found = source.changed_since(since=datetime.now(UTC), projects=[], ids=ids[:20])
+    assert sorted(found, key=int) == ids[:20]  # the deleted one too: re-read finds it gone
+    statuses = [r.status for r in _search_requests(jira)]
+    assert statuses[0] == 400 and statuses.count(400) == 2 and len(statuses) == 21
+
+
+@pytest.mark.parametrize(
+    ("projects", "ids"),
+    [
+        (['OPS") OR project is not EMPTY OR ("'], ()),
+        (["ops"], ()),
+        (["OPS "], ()),
+        ("OPS", ()),
+        (["OPS", "A" * 51], ()),
+        (["OPS"], ["10001) OR (id > 0"]),
+        (["OPS"], ["10001\n"]),
+        (["OPS"], ["١٢٣"]),  # non-ASCII digits
+        (["OPS"], [10001]),
+    ],
+)
+def test_changed_since_refuses_injectable_input_before_any_request(
+    jira: JiraDouble, projects: Any, ids: Any
+) -> None:
+    source = _source(jira)
+    with pytest.raises(ValueError, match="jira: "):
+        source.changed_since(since=datetime.now(UTC), projects=projects, ids=ids)
+    assert jira.requests == []
+
+
+def test_changed_since_without_scope_or_with_naive_time_makes_no_request(
+    jira: JiraDouble,
+) -> None:
+    source = _source(jira)
+    assert source.changed_since(since=datetime.now(UTC), projects=[]) == []
+    with pytest.raises(ValueError, match="timezone"):
+        source.changed_since(since=datetime(2026, 1, 1), projects=["OPS"])
+    assert jira.requests == []
+
+
+def test_changed_since_server_error_is_transient(jira: JiraDouble) -> None:
+    source = _source(jira)
+    source.check()
+    jira.fail_next(1, status=503)
+    with pytest.raises(TransientError) as info:
+        source.changed_since(since=datetime.now(UTC), projects=["OPS"])
+    assert "503" in str(info.value)
+    _assert_no_secret(info.value)
+    assert source.changed_since(since=datetime.now(UTC), projects=["OPS"]) == []
+
+
+def test_changed_since_unknown_project_is_permanent(jira: JiraDouble) -> None:
+    with pytest.raises(PermanentError) as info:
+        _source(jira).changed_since(since=datetime.now(UTC), projects=["NOPE"])
+    assert info.value.code == "source_error" and "400" in str(info.value)
+    _assert_no_secret(info.value)
+
+
+def test_library_path_never_uses_the_removed_search_api(jira: JiraDouble) -> None:
+    user = jira.add_user("712020:x", "X")
+    issue_id = jira.create_issue("OPS-1", reporter=user)
+    source = _source(jira)
+    source.changed_since(since=datetime.now(UTC), projects=["OPS"], ids=[issue_id])
+    client = source._client()
+    # The library's generic search delegates to search/jql on Cloud (first page only).
+    assert [i.id for i in client.search_issues(f"id in ({issue_id})", maxResults=0)] == [
+        issue_id
+    ]
+    searched = {r.path for r in _search_requests(jira)}
+    assert searched == {"/rest/api/2/search/jql"}
+    assert all(r.status == 200 for r in _search_requests(jira))
+
+    # The old endpoint is gone, as on Cloud; a source told it talks to DC gets a clear error.
+    gone = requests.get(f"{jira.url}/rest/api/2/search", params={"jql": "project in (OPS)"},
+                        auth=(jira.user, TOKEN), timeout=5)
+    assert gone.status_code == 410
+    assert "/rest/api/3/search/jql" in gone.json()["errorMessages"][0]
+    dc = JiraSource(url=jira.url, user=jira.user, token=TOKEN, deployment="datacenter")
+    with pytest.raises(PermanentError, match="HTTP 410"):
+        dc.changed_since(since=datetime.now(UTC), projects=["OPS"])
+
+
+def test_double_search_jql_speaks_cloud_get_and_post(jira: JiraDouble) -> None:
+    user = jira.add_user("712020:x", "X")
+    first = jira.create_issue("OPS-1", reporter=user)
+    second = jira.create_issue("OPS-2", reporter=user)
+    jira.search_page_max = 1
+    auth = (jira.user, TOKEN)
+    url = f"{jira.url}/rest/api/3/search/jql"
+    jql = f'(project in ("OPS") AND updated >= -5m) OR id in ({first})'
+
+    page = requests.post(url, json={"jql": jql, "fields": ["updated", "summary"]},
+                         auth=auth, timeout=5).json()
+    assert page["isLast"] is False and "total" not in page
+    assert [i["id"] for i in page["issues"]] == [first]
+    assert set(page["issues"][0]["fields"]) == {"updated", "summary"}
+    rest = requests.get(url, params={"jql": jql, "nextPageToken": page["nextPageToken"]},
+                        auth=auth, timeout=5).json()
+    assert rest["issues"] == [{"id": second}] and rest["isLast"] is True  # ids only
+    assert "nextPageToken" not in rest
+
+    # Absolute literals are wall-clock minutes in the site's zone (UTC+1 here).
+    updated = datetime.fromisoformat(page["issues"][0]["fields"]["updated"])
+    local = updated.astimezone(timezone(timedelta(hours=1)))
+    for minute, hit in [(local, True), (local + timedelta(minutes=1), False)]:
+        literal = minute.strftime("%Y/%m/%d %H:%M")
+        body = {"jql": f'id in ({first}) AND updated >= "{literal}"'}
+        got = requests.post(url, json=body, auth=auth, timeout=5).json()["issues"]
+        assert bool(got) is hit
+
+    for bad in ["", "order by created", "project = OPS", "summary ~ x", "(id in (1)",
+                f"id in ({first}) AND", "project in (OPS) OR id in (99999)",
+                f'id in ({first}) AND updated >= "yesterday"']:
+        reply = requests.get(url, params={"jql": bad}, auth=auth, timeout=5)
+        assert reply.status_code == 400, bad
+        assert reply.json()["errorMessages"], bad
+    token_reply = requests.get(url, params={"jql": "project in (OPS)", "nextPageToken": "xx"},
+                               auth=auth, timeout=5)
+    assert token_reply.status_code == 400

@@ -29,12 +29,14 @@ from starlette.testclient import TestClient
 
 from worker.celery_app import QUEUE, create_celery
 from worker.doubles.jira import JiraDouble, jira_delivery
+from worker.doubles.servicenow import ServiceNowDouble, servicenow_delivery
 from worker.ledger.schema import audit_events, grants, inbox
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.webhooks.app import create_app
 
 SECRET = "test-webhook-secret-3f9a"
+SNOW_SECRET = "snow-webhook-secret-7c21"
 APPROVED = ("10105", "Approved", "indeterminate")
 DONE = ("10001", "Done", "done")
 REJECTED = ("10106", "Rejected", "done")
@@ -81,6 +83,34 @@ policies:
     grants:
       - {{target: warehouse, role: {role}}}
     duration: 3s
+    drift: {{enforce: true, missing: reapply}}
+  - name: warehouse-snow
+    source: servicenow
+    match:
+      table: sc_req_item
+      cat_item: Warehouse access
+    approved_statuses: [approved]
+    approvers:
+      users: [jane.approver]
+    principal:
+      from: field
+      field: variables.db_user
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 8h
+  - name: warehouse-change
+    source: servicenow
+    match:
+      table: change_request
+    approved_statuses: [approved]
+    approvers:
+      users: [jane.approver]
+    principal:
+      from: requester_user_name
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 1h
+    max_duration: 4h
 """
 
 
@@ -107,6 +137,8 @@ class Stack:
     broker_url: str
     folder: Path
     token: str
+    snow: ServiceNowDouble
+    snow_approver: str
     runtime: Runtime = field(init=False)
     client: TestClient = field(init=False)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -130,6 +162,28 @@ class Stack:
             raise AssertionError(path.read_text(errors="replace")[-4000:])
         return proc
 
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        log = (self.folder / f"beat-{len(self.workers)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "beat"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args], env=self.env, capture_output=True,
+            text=True, timeout=60, check=False,
+        )
+
+    def metric(self, name: str) -> float:
+        text = self.client.get("/metrics").text
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} not in /metrics")
+
     def stop_workers(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:
@@ -142,7 +196,7 @@ class Stack:
         self.workers.clear()
 
     def worker_logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.folder.glob("worker-*.log"))
+        return "\n".join(p.read_text(errors="replace") for p in self.folder.glob("*.log"))
 
     # -- tickets
     def new_ticket(self, *, principal: str | None, requested: str = "warehouse-read",
@@ -159,6 +213,17 @@ class Stack:
         body, headers = jira_delivery(payload, secret=SECRET,
                                       identifier=identifier or str(uuid.uuid4()))
         return self.client.post("/webhooks/jira", content=body, headers=headers)
+
+    def post_snow(self, payload: dict[str, Any], *, ts: int | None = None,
+                  secret: str = SNOW_SECRET) -> Any:
+        body, headers = servicenow_delivery(payload, secret=secret, ts=ts)
+        return self.client.post("/webhooks/servicenow", content=body, headers=headers)
+
+    def snow_event(self, table: str, sys_id: str) -> Any:
+        """Post the business rule's delivery for the record's current state."""
+        response = self.post_snow(self.snow.webhook(table, sys_id))
+        assert response.status_code == 202, response.text
+        return response
 
     def transition(self, key: str, status: tuple[str, str, str],
                    author: dict[str, Any] | None = None) -> Any:
@@ -241,6 +306,8 @@ def stack_factory(
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
         jira = JiraDouble().start()
+        snow = ServiceNowDouble().start()
+        snow_approver = snow.add_user("jane.approver", "Jane Approver", "jane@example.com")
         approver = jira.add_user("5b10a2844c20165700ede21g", "Jane Approver", "jane@example.com")
         requester = jira.add_user("712020:sam-requester", "Sam Requester")
         policy = folder / "policy.yaml"
@@ -258,6 +325,10 @@ def stack_factory(
             "JITGATE_JIRA_USER": jira.user,
             "JITGATE_JIRA_TOKEN": jira.token,
             "JITGATE_JIRA_WEBHOOK_SECRET": SECRET,
+            "JITGATE_SERVICENOW_URL": snow.url,
+            "JITGATE_SERVICENOW_USER": snow.user,
+            "JITGATE_SERVICENOW_PASSWORD": snow.password,
+            "JITGATE_SERVICENOW_WEBHOOK_SECRET": SNOW_SECRET,
             "JITGATE_LOG_FORMAT": "json",
             "JG_TEST_TARGET_DSN": pg_url,
             **(extra_env or {}),
@@ -265,14 +336,15 @@ def stack_factory(
         settings = Settings(
             broker_url=redis_url, database_url=ledger_url, policy_path=policy,
             data_dir=folder, jira_url=jira.url, jira_user=jira.user, jira_token=jira.token,
-            jira_webhook_secret=SECRET,
+            jira_webhook_secret=SECRET, servicenow_url=snow.url, servicenow_user=snow.user,
+            servicenow_password=snow.password, servicenow_webhook_secret=SNOW_SECRET,
         )
         from worker.ledger.db import migrate
 
         migrate(Runtime(settings, env=env).ledger.engine)
         stack = Stack(settings=settings, env=env, jira=jira, target_dsn=pg_url, role=role,
                       approver=approver, requester=requester, broker_url=redis_url,
-                      folder=folder, token=token)
+                      folder=folder, token=token, snow=snow, snow_approver=snow_approver)
         made.append(stack)
         if start_worker:
             stack.start_worker()
@@ -282,5 +354,6 @@ def stack_factory(
     for stack in made:
         stack.stop_workers()
         stack.jira.stop()
+        stack.snow.stop()
         stack.runtime.close()
     _drop_roles(pg_url, token)

@@ -6,6 +6,9 @@ mapping, not a mock's idea of them. Shapes follow /work/shared/reference/formats
 §1.5/§1.9 and §3 (J1/J2). State is changed through the Python API (``create_issue``,
 ``transition`` …), which also returns the webhook payload Jira would send.
 
+Search is Cloud's ``search/jql`` (token paging, the small JQL subset in ``_Jql``); the
+removed ``search`` answers 410 as Cloud does since CHANGE-2046.
+
 Credentials: requests must carry HTTP basic auth with the configured user/token. The
 double never stores or records the Authorization header.
 """
@@ -25,10 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
@@ -55,11 +58,17 @@ CATEGORY_IDS: Mapping[str, tuple[int, str, str]] = {
 }
 SD_APPROVALS_TYPE = "com.atlassian.servicedesk.approvals-plugin:sd-approvals"
 
-_API = re.compile(r"^/rest/api/(?:2|latest)(?P<rest>/.*)$")
+_API = re.compile(r"^/rest/api/(?P<version>2|3|latest)(?P<rest>/.*)$")
 _ISSUE = re.compile(r"^/issue/(?P<ref>[^/]+)$")
 _CHANGELOG = re.compile(r"^/issue/(?P<ref>[^/]+)/changelog$")
 _COMMENT = re.compile(r"^/issue/(?P<ref>[^/]+)/comment$")
 _MAX_BODY = 1 << 20
+_SEARCH_GONE = (
+    "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API."
+)
+_UNBOUNDED = (
+    "Unbounded JQL queries are not allowed here. Please add a search restriction to your query."
+)
 
 
 def sign_jira(secret: str, body: bytes) -> str:
@@ -158,6 +167,7 @@ class JiraDouble:
         self.token = token
         self.embedded_changelog_max = embedded_changelog_max
         self.changelog_page_max = changelog_page_max
+        self.search_page_max = 100  # Cloud allows more with few fields; small forces paging
         self._tz = timezone(utc_offset)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
@@ -170,6 +180,8 @@ class JiraDouble:
         self._next_issue = 10000
         self._next_history = 10100
         self._next_comment = 10500
+        # Projects JQL may name; an unknown one makes Jira reject the whole query.
+        self._projects: set[str] = {"OPS"}
         self._fail: list[int] = []  # statuses of the next failing requests
         self._slow: list[float] = []
         self.down = False
@@ -300,6 +312,7 @@ class JiraDouble:
                 custom=copy.deepcopy(dict(fields or {})),
             )
             self._keys[key] = issue_id
+            self._projects.add(project)
             for field_id in fields or {}:
                 self._fields.setdefault(field_id, (field_id, "com.atlassian.jira:textfield"))
             return issue_id
@@ -375,8 +388,44 @@ class JiraDouble:
                 "issue": self._issue_json(issue, changelog=None),
             }
             del self._issues[issue.id]
-            del self._keys[issue.key]
+            for alias in [k for k, v in self._keys.items() if v == issue.id]:
+                del self._keys[alias]
             return payload
+
+    def add_project(self, key: str) -> None:
+        """Make a project known (one with issues is known already)."""
+        with self._lock:
+            self._projects.add(key)
+
+    def move_issue(
+        self,
+        key: str,
+        project: str,
+        *,
+        author: Mapping[str, Any],
+        new_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Move an issue to ``project`` (new key; the old one still resolves, as in
+        Jira); returns the ``issue_moved`` payload."""
+        with self._lock:
+            issue = self._issue(key)
+            if new_key is None:
+                number = 1 + sum(1 for k in self._keys if k.startswith(f"{project}-"))
+                new_key = f"{project}-{number}"
+            if new_key in self._keys:
+                raise ValueError(f"issue {new_key} exists")
+            old_project, old_key = issue.project, issue.key
+            items = [
+                self._item("project", "jira", "project",
+                           from_raw=self._project_id(old_project), from_text=old_project,
+                           to_raw=self._project_id(project), to_text=project),
+                self._item("Key", "jira", "issuekey", from_raw=None, from_text=old_key,
+                           to_raw=None, to_text=new_key),
+            ]
+            issue.project, issue.key = project, new_key
+            self._keys[new_key] = issue.id
+            self._projects.add(project)
+            return self._change(issue, items, author, "issue_moved")
 
     def add_comment(self, key: str, body: str) -> str:
         """Post a comment as the API user (as if added earlier); returns its id."""
@@ -467,7 +516,7 @@ class JiraDouble:
             "issuetype": {"id": "10011", "name": issue.issue_type, "subtask": False},
             "project": {
                 "self": f"{base}/rest/api/2/project/{issue.project}",
-                "id": str(10000 + sum(map(ord, issue.project))),
+                "id": self._project_id(issue.project),
                 "key": issue.project,
                 "name": issue.project,
                 "projectTypeKey": "service_desk",
@@ -491,6 +540,10 @@ class JiraDouble:
         if changelog is not None:
             out["changelog"] = changelog
         return out
+
+    @staticmethod
+    def _project_id(key: str) -> str:
+        return str(10000 + sum(map(ord, key)))
 
     @staticmethod
     def _item(
@@ -579,6 +632,14 @@ class JiraDouble:
             raise _error(404, "No resource found for this path.")
         rest = match["rest"]
         q = {k: v[0] for k, v in query.items() if v}
+        if rest in ("/search", "/search/"):
+            raise _error(410, _SEARCH_GONE)
+        if rest == "/search/jql" and method in ("GET", "POST"):
+            params = body if method == "POST" else self._search_query(query)
+            with self._lock:
+                return self._search(params)
+        if match["version"] == "3":
+            raise _error(404, "No resource found for this path.")  # only search speaks v3 here
         with self._lock:
             if method == "GET" and rest == "/serverInfo":
                 return self._server_info()
@@ -747,9 +808,234 @@ class JiraDouble:
         issue.comments.append(comment)
         return _Reply(201, copy.deepcopy(comment))
 
+    # ------------------------------------------------------------------ search
+
+    @staticmethod
+    def _search_query(query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """GET parameters in the POST body's shape (``fields`` may repeat)."""
+        out: dict[str, Any] = {k: v[0] for k, v in query.items() if v}
+        if "fields" in query:
+            out["fields"] = list(query["fields"])
+        return out
+
+    @staticmethod
+    def _page_token(jql: str, offset: int) -> str:
+        # Opaque to clients; bound to the query so a token cannot be replayed on another.
+        digest = hashlib.sha256(jql.encode()).hexdigest()[:16]
+        return base64.urlsafe_b64encode(f"{offset}:{digest}".encode()).decode()
+
+    def _page_offset(self, jql: str, token: Any) -> int:
+        if token is None:
+            return 0
+        try:
+            offset = base64.urlsafe_b64decode(str(token)).decode().partition(":")[0]
+            if self._page_token(jql, int(offset)) == token:
+                return int(offset)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            pass
+        raise _error(400, "The provided next page token is invalid or expired.")
+
+    def _search(self, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise _error(400, "Invalid request payload. Refer to the REST API documentation.")
+        jql = params.get("jql")
+        if not isinstance(jql, str) or not jql.strip():
+            raise _error(400, _UNBOUNDED)
+        try:
+            size = int(params.get("maxResults", 50))
+        except (TypeError, ValueError):
+            raise _error(400, "maxResults must be an integer.") from None
+        size = max(1, min(self.search_page_max, size))
+        offset = self._page_offset(jql, params.get("nextPageToken"))
+        raw_fields = params.get("fields") or []
+        if isinstance(raw_fields, str):
+            raw_fields = [raw_fields]
+        wanted = {f.strip() for item in raw_fields for f in str(item).split(",") if f.strip()}
+
+        matches = _Jql(
+            jql, now=self._now_dt(), tz=self._tz,
+            issue_ids=set(self._issues), projects=self._projects,
+        ).matching(self._issues.values())
+        page = matches[offset : offset + size]
+        is_last = offset + len(page) >= len(matches)
+        out: dict[str, Any] = {"issues": [self._search_hit(i, wanted) for i in page],
+                               "isLast": is_last}
+        if not is_last:
+            out["nextPageToken"] = self._page_token(jql, offset + len(page))
+        return out
+
+    def _search_hit(self, issue: _Issue, wanted: set[str]) -> dict[str, Any]:
+        if not wanted:
+            return {"id": issue.id}  # search/jql returns ids only unless fields are asked for
+        full = self._issue_json(issue, changelog=None)
+        every = bool(wanted & {"*all", "*navigable"})
+        return {
+            "expand": full["expand"],
+            "id": issue.id,
+            "self": full["self"],
+            "key": issue.key,
+            "fields": {k: v for k, v in full["fields"].items() if every or k in wanted},
+        }
+
     def _record(self, entry: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(entry)
+
+
+_JQL_TOKEN = re.compile(
+    r"""\s*(?:(?P<op>>=|[(),])|"(?P<dq>(?:[^"\\]|\\.)*)"|'(?P<sq>(?:[^'\\]|\\.)*)'"""
+    r"""|(?P<word>[A-Za-z0-9_.:/+\-]+))"""
+)
+_RELATIVE = re.compile(r"-(?P<n>[0-9]{1,9})(?P<unit>[mhdw])")
+_ABSOLUTE = re.compile(
+    r"(?P<date>[0-9]{4}[/-][0-9]{2}[/-][0-9]{2})(?: (?P<time>[0-9]{2}:[0-9]{2}))?"
+)
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1),
+          "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_Token = tuple[str, str]  # (kind: op | str | word, text)
+_Predicate = Callable[["_Issue"], bool]
+
+
+class _Jql:
+    """The JQL subset ``JiraSource.changed_since`` emits, evaluated the way Cloud does:
+    ``project in (...)``, ``id in (...)``, ``updated >= -Nm|h|d|w`` and
+    ``updated >= "yyyy/MM/dd[ HH:mm]"`` (the site's zone, minute resolution), joined by
+    AND (binding tighter) and OR, with parentheses. Field names and keywords ignore case.
+    Anything else, and any project or issue id Jira does not know, is a 400: a real site
+    rejects the whole query for one unknown value, it does not drop the clause.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        now: datetime,
+        tz: tzinfo,
+        issue_ids: set[str],
+        projects: set[str],
+    ) -> None:
+        self._now = now
+        self._tz = tz
+        self._issue_ids = issue_ids
+        self._projects = projects
+        self._tokens = self._tokenize(text)
+        self._pos = 0
+        self._predicate = self._or()
+        if self._pos != len(self._tokens):
+            self._fail(f"Expecting AND or OR but got '{self._tokens[self._pos][1]}'.")
+
+    def matching(self, issues: Iterable[_Issue]) -> list[_Issue]:
+        return sorted((i for i in issues if self._predicate(i)), key=lambda i: int(i.id))
+
+    @staticmethod
+    def _fail(detail: str) -> NoReturn:
+        raise _error(400, f"Error in the JQL Query: {detail}")
+
+    @classmethod
+    def _tokenize(cls, text: str) -> list[_Token]:
+        tokens: list[_Token] = []
+        pos = 0
+        while text[pos:].strip():
+            m = _JQL_TOKEN.match(text, pos)
+            if m is None:
+                cls._fail(f"The character '{text[pos:].lstrip()[0]}' is not allowed here.")
+            pos = m.end()
+            if m["op"] is not None:
+                tokens.append(("op", m["op"]))
+            elif m["word"] is not None:
+                tokens.append(("word", m["word"]))
+            else:
+                quoted = m["dq"] if m["dq"] is not None else m["sq"]
+                tokens.append(("str", re.sub(r"\\(.)", r"\1", quoted)))
+        return tokens
+
+    def _peek(self) -> _Token | None:
+        return self._tokens[self._pos] if self._pos < len(self._tokens) else None
+
+    def _next(self, expected: str) -> _Token:
+        token = self._peek()
+        if token is None:
+            self._fail(f"Expecting {expected} but reached the end of the query.")
+        self._pos += 1
+        return token
+
+    def _keyword(self, word: str) -> bool:
+        token = self._peek()
+        if token is not None and token[0] == "word" and token[1].upper() == word:
+            self._pos += 1
+            return True
+        return False
+
+    def _expect_op(self, op: str) -> None:
+        kind, text = self._next(f"'{op}'")
+        if (kind, text) != ("op", op):
+            self._fail(f"Expecting '{op}' but got '{text}'.")
+
+    def _or(self) -> _Predicate:
+        parts = [self._and()]
+        while self._keyword("OR"):
+            parts.append(self._and())
+        return parts[0] if len(parts) == 1 else (lambda i: any(p(i) for p in parts))
+
+    def _and(self) -> _Predicate:
+        parts = [self._factor()]
+        while self._keyword("AND"):
+            parts.append(self._factor())
+        return parts[0] if len(parts) == 1 else (lambda i: all(p(i) for p in parts))
+
+    def _factor(self) -> _Predicate:
+        token = self._peek()
+        if token == ("op", "("):
+            self._pos += 1
+            inner = self._or()
+            self._expect_op(")")
+            return inner
+        kind, name = self._next("a field name")
+        field_name = name.lower()
+        if kind == "op" or field_name not in ("project", "id", "updated"):
+            self._fail(f"Field '{name}' does not exist or you do not have permission to view it.")
+        if field_name == "updated":
+            self._expect_op(">=")
+            return self._updated_since(self._next("a date")[1])
+        if not self._keyword("IN"):
+            self._fail(f"Expecting 'in' after '{name}' (only 'in' is supported here).")
+        values = self._list()
+        if field_name == "project":
+            for value in values:
+                if value not in self._projects:
+                    self._fail(f"The value '{value}' does not exist for the field 'project'.")
+            wanted = set(values)
+            return lambda i: i.project in wanted
+        for value in values:
+            if value not in self._issue_ids:
+                self._fail(f"An issue with key '{value}' does not exist for field 'id'.")
+        wanted = set(values)
+        return lambda i: i.id in wanted
+
+    def _list(self) -> list[str]:
+        self._expect_op("(")
+        values: list[str] = []
+        while True:
+            kind, text = self._next("a value")
+            if kind == "op":
+                self._fail(f"Expecting a value but got '{text}'.")
+            values.append(text)
+            kind, text = self._next("',' or ')'")
+            if (kind, text) == ("op", ")"):
+                return values
+            if (kind, text) != ("op", ","):
+                self._fail(f"Expecting ',' or ')' but got '{text}'.")
+
+    def _updated_since(self, value: str) -> _Predicate:
+        if m := _RELATIVE.fullmatch(value):
+            cutoff = self._now - int(m["n"]) * _UNITS[m["unit"]]
+        elif m := _ABSOLUTE.fullmatch(value):
+            # Literals are wall-clock minutes in the searching user's zone.
+            text = m["date"].replace("-", "/") + " " + (m["time"] or "00:00")
+            cutoff = datetime.strptime(text, "%Y/%m/%d %H:%M").replace(tzinfo=self._tz)
+        else:
+            self._fail(f"Date value '{value}' for field 'updated' is invalid.")
+        return lambda i: datetime.fromisoformat(i.updated) >= cutoff
 
 
 def _opt(value: Any) -> str | None:

@@ -415,6 +415,10 @@ class ServiceNowDouble:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _base(self) -> str:
+        # A request still in flight while stop() runs must not fail on the port.
+        return self.url if self._server is not None else "http://127.0.0.1"
+
     # ------------------------------------------------------------------ faults
 
     def fail_next(self, n: int = 1, status: int = 503, *, body: str | None = None) -> None:
@@ -802,7 +806,7 @@ class ServiceNowDouble:
     def _links(self, table: str, q: Mapping[str, str], offset: int, limit: int, total: int) -> str:
         def link(at: int, rel: str) -> str:
             params = {**q, "sysparm_limit": str(limit), "sysparm_offset": str(at)}
-            return f'<{self.url}/api/now/table/{table}?{urlencode(params)}>;rel="{rel}"'
+            return f'<{self._base()}/api/now/table/{table}?{urlencode(params)}>;rel="{rel}"'
 
         last = max(0, (total - 1) // limit * limit)
         links = [link(0, "first")]
@@ -834,7 +838,7 @@ class ServiceNowDouble:
         if target is not None and raw:
             ref_table, ref_row = self._deref(target, raw)
             shown = ref_row.get(_SCHEMAS[ref_table].display, "") if ref_row else ""
-            link = f"{self.url}/api/now/table/{ref_table}/{raw}"
+            link = f"{self._base()}/api/now/table/{ref_table}/{raw}"
         elif name in schema.choices:
             shown = schema.choices[name].get(raw, raw)
         elif raw and (name in schema.dates or name in _SYS_DATES):
@@ -918,6 +922,9 @@ class ServiceNowDouble:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "ServiceNowDouble/1.0"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the second waits for the
+    # client's delayed ACK (~40 ms per request).
+    disable_nagle_algorithm = True
 
     @property
     def _double(self) -> ServiceNowDouble:
@@ -1010,5 +1017,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("WWW-Authenticate", 'Basic realm="Service-now"')
         if reply.status in (429, 503):
             self.send_header("Retry-After", "1")
-        self.end_headers()
-        self.wfile.write(data)
+        # The client may have given up already (read timeout): nothing to tell it.
+        with contextlib.suppress(OSError):
+            self.end_headers()
+            self.wfile.write(data)

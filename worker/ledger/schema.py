@@ -30,9 +30,11 @@ __all__ = [
     "audit_events",
     "audit_head",
     "comments",
+    "drift_findings",
     "grants",
     "inbox",
     "metadata",
+    "poll_state",
     "tickets",
 ]
 
@@ -134,6 +136,7 @@ grants = Table(
     Column("last_error", String(200)),
     Column("delivery_id", String(200)),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("revoke_note", String(500)),
     Index("ix_grants_ticket", "ticket_uid"),
     # Only live grants are indexed, so the expiry sweep costs what is due, not what exists.
     Index(
@@ -196,5 +199,43 @@ comments = Table(
         "created_at",
         postgresql_where=text("posted_at IS NULL"),
         sqlite_where=text("posted_at IS NULL"),
+    ),
+)
+
+# Source polling: how far each ticket source has been read (the lost-webhook net).
+poll_state = Table(
+    "poll_state",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("watermark", UTCDateTime),
+    Column("last_poll_at", UTCDateTime),
+    Column("last_error", String(200)),
+    # A poller holds the source until then, so two beats never poll it at once.
+    Column("lease_until", UTCDateTime),
+)
+
+# Differences between targets and the ledger, open until they disappear.
+drift_findings = Table(
+    "drift_findings",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("target", String(64), nullable=False),
+    Column("role", String(64), nullable=False),
+    Column("principal", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),  # unmanaged | missing
+    Column("grant_id", String(36)),
+    Column("action", String(16), nullable=False),  # reported | revoked | reapplied | closed
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime),
+    Index(
+        "uq_drift_open",
+        "target",
+        "role",
+        "principal",
+        "kind",
+        unique=True,
+        postgresql_where=text("resolved_at IS NULL"),
+        sqlite_where=text("resolved_at IS NULL"),
     ),
 )

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from connectors.jira.webhook import WebhookParseError, parse_jira_webhook
+from connectors.errors import WebhookParseError
+from connectors.jira.webhook import parse_jira_webhook
+from connectors.servicenow.webhook import parse_servicenow_webhook, verify_servicenow
 from worker.celery_app import JitgateCelery
 from worker.ledger import store
 from worker.ledger.schema import grants
+from worker.metrics import render
 from worker.runtime import ConfigError, Runtime
 
 __all__ = ["create_app", "jira_signature_ok"]
@@ -72,47 +77,76 @@ async def _read_capped(request: Request, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
-    """Build the listener. Refuses to start without a Jira webhook secret."""
-    settings = runtime.settings
-    secrets = settings.jira_secrets()
-    if not secrets:
-        raise ConfigError(
-            "JITGATE_JIRA_WEBHOOK_SECRET is not set: refusing to accept unsigned webhooks"
-        )
-    policies = runtime.policies  # load (and validate) now, not on the first request
-    app = FastAPI(title="jitgate webhook listener", version="1", docs_url=None, redoc_url=None)
+@dataclass(frozen=True)
+class _Delivery:
+    """What intake needs from a verified, parsed delivery of any source."""
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    source: str
+    ticket_id: str
+    ticket_key: str | None
+    delivery_key: str
+    version: int | None
+    project: str | None
+    issue_type: str | None
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+
+class _Listener:
+    """The listener's handlers, over one runtime and one Celery app."""
+
+    def __init__(self, runtime: Runtime, celery: JitgateCelery) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.celery = celery
+        self.settings = settings
+        self.jira_secrets = settings.jira_secrets()
+        self.snow_secrets = settings.servicenow_secrets()
+        self.snow_basic = settings.servicenow_basic_auth()
+        if not self.jira_secrets and not self.snow_secrets and self.snow_basic is None:
+            raise ConfigError(
+                "JITGATE_JIRA_WEBHOOK_SECRET is not set (nor JITGATE_SERVICENOW_WEBHOOK_SECRET):"
+                " refusing to accept unsigned webhooks"
+            )
+        self.policies = runtime.policies  # load (and validate) now, not on the first request
+
+    async def readyz(self) -> JSONResponse:
         problems: dict[str, str] = {}
         try:
-            with runtime.ledger.engine.connect() as conn:
+            with self.runtime.ledger.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             problems["ledger"] = exc.__class__.__name__
         try:
-            with celery.connection_for_write() as conn:
+            with self.celery.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)
         except Exception as exc:  # noqa: BLE001 - any broker failure means not ready
             problems["broker"] = exc.__class__.__name__
         status = 503 if problems else 200
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
 
-    @app.post("/webhooks/jira", status_code=202)
-    async def jira_webhook(request: Request) -> JSONResponse:
-        raw = await _read_capped(request, settings.max_body_bytes)
+    async def metrics(self) -> Response:
+        try:
+            body = render(self.runtime)
+        except SQLAlchemyError as exc:
+            log.error("metrics.ledger_unavailable", error=exc.__class__.__name__)
+            return Response("ledger unavailable\n", status_code=503, media_type="text/plain")
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def _body(self, request: Request, source: str) -> bytes | JSONResponse:
+        cap = self.settings.max_body_bytes
+        raw = await _read_capped(request, cap)
         if raw is None:
-            return _reject(413, f"body larger than {settings.max_body_bytes} bytes", "jira",
-                           request)
+            return _reject(413, f"body larger than {cap} bytes", source, request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            return _reject(415, "content type must be application/json", "jira", request)
-        if not jira_signature_ok(raw, request.headers.get("x-hub-signature"), secrets):
+            return _reject(415, "content type must be application/json", source, request)
+        return raw
+
+    async def jira(self, request: Request) -> JSONResponse:
+        raw = await self._body(request, "jira")
+        if isinstance(raw, JSONResponse):
+            return raw
+        signature = request.headers.get("x-hub-signature")
+        if not jira_signature_ok(raw, signature, self.jira_secrets):
             return _reject(401, "missing or invalid X-Hub-Signature", "jira", request)
         try:
             event = parse_jira_webhook(raw)
@@ -120,21 +154,56 @@ def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
             return _reject(exc.status, exc.reason, "jira", request)
         if not event.is_issue_event or event.issue_id is None:
             return JSONResponse({"status": "ignored", "reason": "not an issue event"}, 200)
-        uid = f"jira:{event.issue_id}"
+        identifier = request.headers.get("x-atlassian-webhook-identifier")
+        return self.intake(_Delivery(
+            source="jira",
+            ticket_id=event.issue_id,
+            ticket_key=event.issue_key,
+            delivery_key=event.dedupe_key(identifier, raw),
+            version=_int_or_none(event.changelog_id),
+            project=event.project_key,
+            issue_type=event.issue_type,
+        ))
+
+    async def servicenow(self, request: Request) -> JSONResponse:
+        raw = await self._body(request, "servicenow")
+        if isinstance(raw, JSONResponse):
+            return raw
+        problem = verify_servicenow(
+            raw, request.headers, self.snow_secrets, now=time.time(),
+            tolerance=self.settings.servicenow_webhook_tolerance, basic_auth=self.snow_basic,
+        )
+        if problem is not None:
+            return _reject(401, problem, "servicenow", request)
         try:
-            if not _relevant(runtime, policies.for_source("jira"), uid, event):
+            event = parse_servicenow_webhook(raw, request.headers.get("x-jitgate-event-id"))
+        except WebhookParseError as exc:
+            return _reject(exc.status, exc.reason, "servicenow", request)
+        return self.intake(_Delivery(
+            source="servicenow",
+            ticket_id=event.ticket_id,
+            ticket_key=event.number,
+            delivery_key=f"servicenow:{event.event_id}",
+            version=event.ticket_version,
+            project=event.table,
+            issue_type=None,
+        ))
+
+    def intake(self, delivery: _Delivery) -> JSONResponse:
+        """Relevance → durable inbox row → publish after commit."""
+        runtime = self.runtime
+        try:
+            if not _relevant(runtime, self.policies.for_source(delivery.source), delivery):
                 return JSONResponse(
-                    {"status": "ignored", "reason": "no policy covers this project/type"}, 200
+                    {"status": "ignored", "reason": "no policy covers this ticket"}, 200
                 )
-            delivery = event.dedupe_key(request.headers.get("x-atlassian-webhook-identifier"),
-                                        raw)
             inbox_id, duplicate = store.record_delivery(
                 runtime.ledger,
-                source="jira",
-                delivery_key=delivery,
-                ticket_id=event.issue_id,
-                ticket_key=event.issue_key,
-                event_version=_int_or_none(event.changelog_id),
+                source=delivery.source,
+                delivery_key=delivery.delivery_key,
+                ticket_id=delivery.ticket_id,
+                ticket_key=delivery.ticket_key,
+                event_version=delivery.version,
                 now=datetime.now(UTC),
             )
         except SQLAlchemyError as exc:
@@ -144,20 +213,38 @@ def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
         if duplicate:
             return JSONResponse({"status": "duplicate", "delivery": inbox_id}, 200)
         try:
-            celery.send_task("jitgate.process_event", args=[inbox_id])
+            self.celery.send_task("jitgate.process_event", args=[inbox_id])
         except Exception as exc:  # noqa: BLE001 - broker down: the inbox row holds the event
             log.warning("webhook.held", inbox_id=inbox_id, error=exc.__class__.__name__)
             return JSONResponse({"status": "held", "delivery": inbox_id}, 202)
-        log.info("webhook.queued", source="jira", inbox_id=inbox_id, ticket=event.issue_key)
+        log.info("webhook.queued", source=delivery.source, inbox_id=inbox_id,
+                 ticket=delivery.ticket_key)
         return JSONResponse({"status": "queued", "delivery": inbox_id}, 202)
 
+
+def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
+    """Build the listener. Refuses to start when no source has a webhook secret: an
+    endpoint without one would have to accept unsigned deliveries."""
+    listener = _Listener(runtime, celery)
+    app = FastAPI(title="jitgate webhook listener", version="1", docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_api_route("/readyz", listener.readyz, methods=["GET"])
+    app.add_api_route("/metrics", listener.metrics, methods=["GET"])
+    app.add_api_route("/webhooks/jira", listener.jira, methods=["POST"], status_code=202)
+    app.add_api_route("/webhooks/servicenow", listener.servicenow, methods=["POST"],
+                      status_code=202)
     return app
 
 
-def _relevant(runtime: Runtime, policies: Any, uid: str, event: Any) -> bool:
-    if any(p.covers("jira", event.project_key, event.issue_type) for p in policies):
+def _relevant(runtime: Runtime, policies: Any, delivery: _Delivery) -> bool:
+    if any(p.covers(delivery.source, delivery.project, delivery.issue_type) for p in policies):
         return True
     # A ticket that holds grants matters even after it left every policy's scope.
+    uid = f"{delivery.source}:{delivery.ticket_id}"
     with runtime.ledger.engine.connect() as conn:
         held = conn.execute(
             select(grants.c.id)

@@ -1,0 +1,236 @@
+"""Revocation that cannot be forgotten: expiry, staleness, polling, drift, refcounts,
+manual revoke, and racing sweeps — with real worker and beat processes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import insert, update
+
+from tests.integration.conftest import APPROVED, DONE, Stack, wait_for
+from worker import sweeps
+from worker.ledger import store
+from worker.ledger.schema import grants, tickets
+from worker.runtime import Runtime
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "JITGATE_SWEEP_INTERVAL": "1",
+    "JITGATE_STUCK_AFTER": "2",
+    "JITGATE_RETRY_BASE_DELAY": "0.05",
+    "JITGATE_REVOKE_RETRY_MAX_BACKOFF": "0.5",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
+    built = stack_factory(extra_env=FAST)
+    built.start_beat()
+    return built
+
+
+def _active(stack: Stack, key: str) -> object:
+    return wait_for(
+        lambda: next((g for g in stack.grants_of(key) if g.state == "active"), None),
+        what=f"{key} active",
+    )
+
+
+def test_expiry_revokes_within_sweep_interval(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal, requested="warehouse-short")
+    stack.transition(key, APPROVED)
+    _active(stack, key)
+    assert stack.is_member(principal)
+    grant = wait_for(lambda: next((g for g in stack.grants_of(key) if g.state == "revoked"), None),
+                     timeout=20, what="expiry")
+    assert grant.revoke_reason == "expired"
+    # sweep interval (1 s) + task latency; generous for a shared 2-core machine
+    assert grant.revoked_at - grant.expires_at < timedelta(seconds=5)
+    assert not stack.is_member(principal)
+    assert [e["reason"] for e in stack.audit("grant.revoked", key)] == ["expired"]
+
+
+def test_stale_ticket_is_revoked(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.transition(key, APPROVED)
+    grant = _active(stack, key)
+    # The ticket has not changed for longer than stale_after (72 h by default).
+    with stack.runtime.ledger.tx() as conn:
+        conn.execute(update(tickets).where(tickets.c.uid == grant.ticket_uid)
+                     .values(updated_at=datetime.now(UTC) - timedelta(hours=73)))
+    wait_for(lambda: stack.grants_of(key)[0].state == "revoked", what="stale revocation")
+    assert stack.grants_of(key)[0].revoke_reason == "stale"
+    assert not stack.is_member(principal)
+
+
+def test_reference_counting_keeps_a_shared_role_until_the_last_ticket_ends(stack: Stack) -> None:
+    principal = stack.create_principal()
+    first = stack.new_ticket(principal=principal)
+    second = stack.new_ticket(principal=principal)
+    stack.transition(first, APPROVED)
+    stack.transition(second, APPROVED)
+    _active(stack, first)
+    _active(stack, second)
+
+    stack.transition(first, DONE)
+    wait_for(lambda: stack.grants_of(first)[0].state == "revoked", what="first revoked")
+    assert stack.is_member(principal), "the second ticket still needs the role"
+    assert stack.audit("grant.revoked", first)[0]["outcome"] == "shared"
+
+    stack.transition(second, DONE)
+    wait_for(lambda: stack.grants_of(second)[0].state == "revoked", what="second revoked")
+    assert not stack.is_member(principal)
+    assert stack.audit("grant.revoked", second)[0]["outcome"] == "applied"
+
+
+def test_close_missed_by_the_listener_is_caught_by_one_poll(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.transition(key, APPROVED)
+    _active(stack, key)
+    stack.jira.transition(key, DONE, author=stack.approver)  # the webhook never arrives
+    stack.send("jitgate.poll_sources")
+    wait_for(lambda: stack.grants_of(key)[0].state == "revoked", what="revoked after poll")
+    assert stack.grants_of(key)[0].revoke_reason == "ticket_closed"
+    assert not stack.is_member(principal)
+
+
+def _grant_directly(stack: Stack, principal: str) -> None:
+    with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(stack.role),
+                                                    sql.Identifier(principal)))
+
+
+def _revoke_directly(stack: Stack, principal: str) -> None:
+    with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(stack.role),
+                                                       sql.Identifier(principal)))
+
+
+def _drift(stack: Stack, principal: str) -> list[dict[str, object]]:
+    return [e for e in stack.audit("drift.detected") if e["principal"] == principal]
+
+
+def test_drift_is_reported_and_repaired_where_enforced(stack: Stack) -> None:
+    # Someone granted the managed role by hand, outside any ticket.
+    intruder = stack.create_principal()
+    _grant_directly(stack, intruder)
+    # A service account outside the target's principal pattern: reported, never touched.
+    service = f"svc_{stack.token}_{uuid.uuid4().hex[:4]}"
+    with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(service)))
+    _grant_directly(stack, service)
+    # A ledger-active grant whose membership vanished from the target.
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.transition(key, APPROVED)
+    _active(stack, key)
+    _revoke_directly(stack, principal)
+
+    stack.send("jitgate.reconcile_targets")
+    wait_for(lambda: _drift(stack, intruder) and _drift(stack, principal)
+             and _drift(stack, service), what="drift findings")
+    def seen(who: str) -> list[tuple[object, object]]:
+        return [(e["kind"], e["action"]) for e in _drift(stack, who)]
+
+    assert seen(intruder) == [("unmanaged", "revoked")]
+    assert seen(service) == [("unmanaged", "reported")]
+    assert seen(principal) == [("missing", "reapplied")]
+    assert not stack.is_member(intruder)
+    assert stack.is_member(service)
+    assert stack.is_member(principal)
+    assert stack.metric("jitgate_drift_open") >= 1  # the service account stays reported
+
+    # Reported once while it lasts, not on every pass.
+    stack.send("jitgate.reconcile_targets")
+    stack.send("jitgate.reconcile_targets")
+    wait_for(lambda: stack.queue_length() == 0, what="reconcile drained")
+    assert len(_drift(stack, service)) == 1
+
+
+def test_manual_revoke_requires_a_reason(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.transition(key, APPROVED)
+    grant = _active(stack, key)
+
+    refused = stack.cli("revoke", grant.id)
+    assert refused.returncode == 2
+    assert "--reason" in refused.stderr
+    assert stack.cli("revoke", grant.id, "--reason", "   ").returncode == 2
+    assert stack.is_member(principal)
+
+    done = stack.cli("revoke", grant.id, "--reason", "contractor left early")
+    assert done.returncode == 0, done.stderr
+    assert stack.grants_of(key)[0].state == "revoked"
+    assert not stack.is_member(principal)
+    event = stack.audit("grant.revoked", key)[0]
+    assert (event["reason"], event["note"]) == ("manual", "contractor left early")
+    assert stack.cli("revoke", "no-such-grant", "--reason", "x").returncode == 1
+
+
+def test_two_concurrent_sweeps_revoke_each_expired_grant_once(stack: Stack) -> None:
+    count = 1000
+    names = [f"ctr_{stack.token}_b{i:04d}" for i in range(count)]
+    with psycopg.connect(stack.target_dsn, autocommit=True) as conn, conn.transaction():
+        for name in names:
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(stack.role),
+                                                        sql.Identifier(name)))
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    ticket = f"jira:bulk-{stack.token}"
+    rows = [
+        {"id": str(uuid.uuid4()), "ticket_uid": ticket, "ticket_key": "BULK-1",
+         "policy": "warehouse-read", "policy_digest": "sha256:test", "target": "warehouse",
+         "role": stack.role, "principal": name, "approval_ref": "h1", "state": "active",
+         "starts_at": past - timedelta(hours=1), "expires_at": past, "created_at": past,
+         "granted_at": past, "updated_at": past,
+         "grant_key": store.grant_key(ticket_uid=ticket, policy="warehouse-read",
+                                      target="warehouse", role=stack.role, principal=name,
+                                      approval_ref="h1")}
+        for name in names
+    ]
+    with stack.runtime.ledger.tx() as conn:
+        conn.execute(insert(grants), rows)
+
+    errors: list[BaseException] = []
+
+    def sweeper() -> None:
+        runtime = Runtime(stack.settings, env=stack.env)
+        try:
+            while sweeps.run(runtime).expired:
+                pass
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            runtime.close()
+
+    threads = [threading.Thread(target=sweeper) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors
+    # (the stack's own beat may have joined in: still exactly once)
+    wait_for(lambda: all(g.state == "revoked" for g in stack.grants_of("BULK-1")),
+             timeout=60, what="all revoked")
+    events = stack.audit("grant.revoked", "BULK-1")
+    assert len(events) == count
+    assert len({e["grant_id"] for e in events}) == count
+    assert sum(e["outcome"] == "applied" for e in events) == count
+    with psycopg.connect(stack.target_dsn) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+            "WHERE r.rolname = %s AND m.member IN (SELECT oid FROM pg_roles "
+            "WHERE rolname LIKE %s)", (stack.role, f"ctr_{stack.token}_b%"),
+        ).fetchone()
+    assert left == (0,)
