@@ -17,6 +17,7 @@ __all__ = [
     "Approval",
     "Identity",
     "Outcome",
+    "SessionTerminator",
     "SourceConnector",
     "StatusChange",
     "TargetConnector",
@@ -159,15 +160,47 @@ class SourceConnector(Protocol):
 
 @runtime_checkable
 class TargetConnector(Protocol):
-    """A system where roles are granted. Calls are idempotent ("ensure present",
-    "ensure absent") and raise ``TransientError`` or ``PermanentError`` only."""
+    """A system where roles are granted: the plugin interface for targets.
+
+    A target package registers its class under the ``jitgate.targets`` entry-point
+    group. ``from_options`` validates the target's own keys of a policy file (with a
+    pydantic model, secrets as ``SecretStr``) and must not do I/O; connections open
+    on first use. Calls are idempotent ("ensure present", "ensure absent"): granting a
+    held role answers ``ALREADY_PRESENT``, revoking an absent one ``ALREADY_ABSENT``.
+    They raise ``TransientError`` (retry later) or ``PermanentError`` only, with
+    messages that never contain a secret.
+    """
 
     kind: ClassVar[str]
 
-    def grant(self, *, principal: str, role: str, expires_at: datetime) -> Outcome: ...
+    @classmethod
+    def from_options(cls, name: str, options: dict[str, Any]) -> TargetConnector:
+        """Build from a policy file's target entry (``type`` etc. already removed)."""
+        ...
+
+    def grant(self, *, principal: str, role: str, expires_at: datetime) -> Outcome:
+        """Make ``principal`` a member of ``role``. ``expires_at`` is the latest expiry
+        of the principal's grants on this target, for targets that enforce it too."""
+        ...
 
     def revoke(self, *, principal: str, role: str) -> Outcome: ...
 
-    def members(self, *, role: str) -> frozenset[str]: ...
+    def members(self, *, role: str) -> frozenset[str]:
+        """Current members of ``role`` (drift detection)."""
+        ...
 
-    def check(self) -> None: ...
+    def check(self) -> None:
+        """Raise ``TransientError`` when the target cannot be reached (readiness)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SessionTerminator(Protocol):
+    """Optional: a target that can end a principal's live sessions, so a revoked role
+    cannot be kept alive by a connection opened before the revocation."""
+
+    def terminate_sessions(self, *, principal: str) -> int:
+        """End every session of ``principal``; returns how many were ended."""
+        ...

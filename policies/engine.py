@@ -38,6 +38,7 @@ RevokeReason = Literal[
     "stale",
     "manual",
     "policy_removed",
+    "partial_failure",
     "drift",
 ]
 

@@ -108,6 +108,9 @@ class TargetSpec(BaseModel):
     type: str = Field(min_length=1)
     principal_pattern: str = r"^[a-z_][a-z0-9_]{1,62}$"
     reserved_principals: tuple[str, ...] = ()
+    # On revoke, end the principal's live sessions where the target can (PostgreSQL,
+    # MariaDB, Redis), once it holds nothing else there.
+    terminate_sessions: bool = True
 
     @field_validator("principal_pattern")
     @classmethod
@@ -224,6 +227,9 @@ class Policy(_Strict):
     approved_statuses: StrList = Field(min_length=1)
     closed_statuses: StrList = ()
     rejected_statuses: StrList = ()
+    # ServiceNow: raw ``state`` values that mean closed for this policy's table,
+    # replacing the source's defaults (RITM 3/4/7, change 0/3/4).
+    closed_states: StrList = ()
     approvers: Approvers
     principal: PrincipalRule
     grants: tuple[GrantItem, ...] = Field(min_length=1)
@@ -291,8 +297,13 @@ class Policy(_Strict):
         """The ticket's state under this policy's status mapping."""
         if snapshot.state == "deleted":
             return "deleted"
-        if snapshot.final and snapshot.state in {"closed", "rejected"}:
-            return snapshot.state  # the source says it is over, whatever the status lists say
+        # The source says it is over, whatever the status lists say; a policy's own
+        # closed_states replace the source's idea of which states close a ticket.
+        final = {"rejected"} if self.closed_states else {"closed", "rejected"}
+        if self.closed_states and _field_value(snapshot.fields.get("state")) in self.closed_states:
+            return "closed"
+        if snapshot.final and snapshot.state in final:
+            return snapshot.state
         if _status_in(snapshot, self.rejected_statuses):
             return "rejected"
         if _status_in(snapshot, self.closed_statuses):

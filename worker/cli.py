@@ -304,6 +304,37 @@ def reconcile() -> None:
 
 
 @main.group()
+def targets() -> None:
+    """Grant targets."""
+
+
+@targets.command("check")
+def targets_check() -> None:
+    """Connect to every configured target and report readiness; exit 1 if any fails."""
+    from connectors.errors import ConnectorError  # noqa: PLC0415
+
+    runtime = Runtime(_settings())
+    try:
+        names = sorted(runtime.policies.targets)
+    except (ConfigError, PolicyLoadError) as exc:
+        _fail(str(exc))
+    failed = 0
+    for name in names:
+        try:
+            runtime.target(name).check()
+        except ConnectorError as exc:
+            failed += 1
+            click.echo(f"{name}: not ready ({exc.code})")
+        except ConfigError as exc:
+            failed += 1
+            click.echo(f"{name}: misconfigured ({exc})")
+        else:
+            click.echo(f"{name}: ok")
+    runtime.close()
+    sys.exit(1 if failed else 0)
+
+
+@main.group()
 def audit() -> None:
     """The audit trail."""
 

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Row, select, update
 
-from connectors.base import Identity, TicketRef, TicketSnapshot
+from connectors.base import Identity, SessionTerminator, TicketRef, TicketSnapshot
 from connectors.errors import PermanentError, TicketNotFound, TransientError
 from policies.engine import Decision, Deny, Grant, Revoke, decide
 from worker.ledger import audit, store
@@ -43,6 +43,8 @@ class ApplyResult:
     state: str
     retry_in: float | None = None
     comment_ids: list[str] = field(default_factory=list)
+    # Grants to apply next (siblings being rolled back after a partial failure).
+    also: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -236,6 +238,8 @@ def apply_grant(rt: Runtime, grant_id: str) -> ApplyResult:
             result = ApplyResult(row.state)
     audit.emit(tx.emitted)
     result.comment_ids.extend(tx.comment_ids)
+    for sibling in result.also:
+        result.comment_ids.extend(apply_grant(rt, sibling).comment_ids)
     return result
 
 
@@ -262,13 +266,21 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
         return ApplyResult("pending", retry_in=delay)
     except PermanentError as exc:
         store.set_grant(conn, row.id, state="grant_failed", last_error=_error(exc),
-                        next_attempt_at=None, updated_at=now)
+                        attempts=row.attempts + 1, next_attempt_at=None, updated_at=now)
         _record(tx, "grant.failed", row, reason=exc.code,
                 detail=str(exc)[:200])
+        # All or nothing: what this approval already granted elsewhere is rolled back.
+        siblings = [
+            sibling for sibling in store.approval_siblings(conn, row)
+            if store.request_revoke(conn, sibling, reason="partial_failure", now=now,
+                                    retry_at=now + rt.stuck_after)
+        ]
         _comment(tx, row, "grant.failed",
                  f"jitgate could not grant {row.role} on {row.target} to {row.principal}: "
-                 f"{exc.code}. Nothing was granted.")
-        return ApplyResult("grant_failed")
+                 f"{exc.code}. Nothing was granted"
+                 + (f"; {len(siblings)} other grant(s) of this request were rolled back."
+                    if siblings else "."))
+        return ApplyResult("grant_failed", also=siblings)
     store.set_grant(conn, row.id, state="active", granted_at=now, attempts=row.attempts + 1,
                     last_error=None, next_attempt_at=None, updated_at=now)
     _record(tx, "grant.issued", row, outcome=outcome.value)
@@ -281,11 +293,14 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
 def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
     rt, conn, now = tx.rt, tx.conn, tx.now
     reason = reason or row.revoke_reason or "manual"
+    sessions: int | str | None = None
     try:
         if store.shared_holders(conn, row):
             outcome = "shared"  # another active ticket still needs this membership
         else:
-            outcome = rt.target(row.target).revoke(principal=row.principal, role=row.role).value
+            target = rt.target(row.target)
+            outcome = target.revoke(principal=row.principal, role=row.role).value
+            sessions = _end_sessions(tx, row, target)
     except (TransientError, PermanentError) as exc:
         # Fail safe: a revocation never gives up, it only becomes visible.
         attempts = row.attempts + 1
@@ -308,11 +323,28 @@ def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
         return ApplyResult(values.get("state", row.state), retry_in=delay)
     store.set_grant(conn, row.id, state="revoked", revoked_at=now, revoke_reason=reason,
                     last_error=None, next_attempt_at=None, updated_at=now)
-    _record(tx, "grant.revoked", row, reason=reason, outcome=outcome, note=row.revoke_note)
+    _record(tx, "grant.revoked", row, reason=reason, outcome=outcome, note=row.revoke_note,
+            sessions_terminated=sessions)
     _comment(tx, row, "grant.revoked",
              f"jitgate revoked {row.role} on {row.target} from {row.principal} "
              f"(reason: {reason}).")
     return ApplyResult("revoked")
+
+
+def _end_sessions(tx: _Tx, row: Row[Any], target: Any) -> int | str | None:
+    """End the principal's live sessions once it holds nothing else on the target: an
+    open connection must not outlive the access it was opened with."""
+    spec = tx.rt.policies.targets.get(row.target)
+    if not isinstance(target, SessionTerminator) or spec is None or not spec.terminate_sessions:
+        return None
+    if store.other_live_grants_on_target(tx.conn, row):
+        return None  # ending sessions would also cut access the principal still holds
+    try:
+        return target.terminate_sessions(principal=row.principal)
+    except (TransientError, PermanentError) as exc:
+        # The membership is gone already; a failure here is reported, not retried.
+        log.warning("revoke.sessions_not_ended", error=exc.code)
+        return f"failed:{exc.code}"
 
 
 def post_comment(rt: Runtime, comment_id: str) -> bool:

@@ -234,6 +234,18 @@ class PostgresTarget:
         with self._session("check") as conn:
             conn.execute("SELECT 1")
 
+    def terminate_sessions(self, *, principal: str) -> int:
+        """End the principal's backends: a session opened before the revocation (or one
+        that ran ``SET ROLE``) would otherwise keep the role's privileges."""
+        _check_identifier(principal, "principal")
+        with self._session("terminate_sessions") as conn:
+            rows = conn.execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                "WHERE usename = %s AND pid <> pg_catalog.pg_backend_pid()",
+                (principal,),
+            ).fetchall()
+        return sum(1 for (ended,) in rows if ended)
+
     def close(self) -> None:
         with self._lock:
             self._discard()

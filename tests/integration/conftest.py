@@ -48,6 +48,10 @@ targets:
     type: postgres
     dsn: ${{JG_TEST_TARGET_DSN}}
     principal_pattern: "^ctr_[a-z0-9_]{{2,40}}$"
+  warehouse-b:
+    type: postgres
+    dsn: ${{JG_TEST_TARGET_DSN}}
+    principal_pattern: "^ctr_[a-z0-9_]{{2,40}}$"
 policies:
   - name: warehouse-read
     source: jira
@@ -84,6 +88,39 @@ policies:
       - {{target: warehouse, role: {role}}}
     duration: 3s
     drift: {{enforce: true, missing: reapply}}
+  - name: warehouse-missing-role
+    source: jira
+    match:
+      project: OPS
+      issue_type: Access Request
+      requested: {{field: customfield_10070, equals: warehouse-missing-role}}
+    approved_statuses: [Approved]
+    closed_statuses: [Done]
+    approvers:
+      users: [{approver}]
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}_missing}}
+    duration: 8h
+  - name: warehouse-multi
+    source: jira
+    match:
+      project: OPS
+      issue_type: Access Request
+      requested: {{field: customfield_10070, equals: warehouse-multi}}
+    approved_statuses: [Approved]
+    closed_statuses: [Done]
+    approvers:
+      users: [{approver}]
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}}}
+      - {{target: warehouse-b, role: {role}_refused}}
+    duration: 8h
   - name: warehouse-snow
     source: servicenow
     match:

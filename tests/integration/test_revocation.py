@@ -4,6 +4,7 @@ manual revoke, and racing sweeps — with real worker and beat processes."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -234,3 +235,58 @@ def test_two_concurrent_sweeps_revoke_each_expired_grant_once(stack: Stack) -> N
             "WHERE rolname LIKE %s)", (stack.role, f"ctr_{stack.token}_b%"),
         ).fetchone()
     assert left == (0,)
+
+
+def test_permanent_grant_failure_is_recorded_once_without_retries(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal, requested="warehouse-missing-role")
+    stack.transition(key, APPROVED)
+    grant = wait_for(lambda: next((g for g in stack.grants_of(key) if g.state == "grant_failed"),
+                                  None), what="grant_failed")
+    assert grant.last_error == "PermanentError:role_missing"
+    failed = stack.audit("grant.failed", key)
+    assert [e["reason"] for e in failed] == ["role_missing"]
+    wait_for(lambda: any("could not grant" in c for c in stack.jira.comments(key)),
+             what="failure comment")
+    # No retry storm: several sweep intervals later it was still tried once.
+    time.sleep(3)
+    assert stack.grants_of(key)[0].attempts == 1
+    assert stack.grants_of(key)[0].state == "grant_failed"
+    assert len(stack.audit("grant.failed", key)) == 1
+
+
+def test_multi_target_grant_is_all_or_nothing(stack: Stack) -> None:
+    """The second target refuses: the first target's grant is rolled back."""
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal, requested="warehouse-multi")
+    stack.transition(key, APPROVED)
+    wait_for(lambda: {g.state for g in stack.grants_of(key)} == {"grant_failed", "revoked"},
+             what="failure and rollback")
+    by_target = {g.target: g for g in stack.grants_of(key)}
+    assert by_target["warehouse-b"].state == "grant_failed"
+    assert by_target["warehouse"].state == "revoked"
+    assert by_target["warehouse"].revoke_reason == "partial_failure"
+    assert not stack.is_member(principal)
+    failed = stack.audit("grant.failed", key)
+    assert len(failed) == 1
+    assert failed[0]["target"] == "warehouse-b"
+    wait_for(lambda: any("rolled back" in c for c in stack.jira.comments(key)),
+             what="comment saying why")
+
+
+def test_revoke_ends_sessions_opened_before_it(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.transition(key, APPROVED)
+    _active(stack, key)
+    info = psycopg.conninfo.conninfo_to_dict(stack.target_dsn)
+    info["user"] = principal
+    session = psycopg.connect(**info, autocommit=True)
+    session.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(stack.role)))
+
+    stack.transition(key, DONE)
+    wait_for(lambda: stack.grants_of(key)[0].state == "revoked", what="revoked")
+    assert stack.audit("grant.revoked", key)[0]["sessions_terminated"] == 1
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    session.close()

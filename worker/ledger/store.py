@@ -196,6 +196,36 @@ def shared_holders(conn: Connection, row: Row[Any]) -> int:
     )
 
 
+def approval_siblings(conn: Connection, row: Row[Any]) -> list[str]:
+    """Other live grants made for the same ticket, policy and approval."""
+    return list(
+        conn.execute(
+            select(grants.c.id).where(
+                grants.c.ticket_uid == row.ticket_uid,
+                grants.c.policy == row.policy,
+                grants.c.approval_ref == row.approval_ref,
+                grants.c.id != row.id,
+                grants.c.state.in_(("pending", "active")),
+            )
+        ).scalars()
+    )
+
+
+def other_live_grants_on_target(conn: Connection, row: Row[Any]) -> bool:
+    """Does the principal hold anything else (any role) on this target?"""
+    return (
+        conn.execute(
+            select(grants.c.id).where(
+                grants.c.target == row.target,
+                grants.c.principal == row.principal,
+                grants.c.id != row.id,
+                grants.c.state.in_(("pending", "active")),
+            ).limit(1)
+        ).first()
+        is not None
+    )
+
+
 def latest_expiry(conn: Connection, row: Row[Any]) -> datetime:
     """The furthest expiry among the principal's live grants on a target, so a
     login's VALID UNTIL is never cut short by a shorter, newer grant."""

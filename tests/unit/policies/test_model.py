@@ -516,3 +516,29 @@ def test_policy_file_schema() -> None:
     for bad in ({"version": 2}, {}, {"version": 1, "extra": True}):
         with pytest.raises(ValidationError):
             PolicyFile.model_validate(bad)
+
+
+def test_policy_closed_states_override_the_source_mapping() -> None:
+    """A ServiceNow policy may say which raw states close its table."""
+    from connectors.base import TicketRef, TicketSnapshot
+    from policies.model import Policy
+
+    base = {
+        "name": "snow", "source": "servicenow", "approved_statuses": ["approved"],
+        "approvers": {"users": ["jane"]}, "principal": {"from": "requester_user_name"},
+        "grants": [{"target": "t", "role": "r"}], "duration": "1h",
+    }
+    default = Policy.model_validate(base)
+    custom = Policy.model_validate({**base, "closed_states": ["8"]})
+
+    def snap(state: str, final: bool, source_state: str) -> TicketSnapshot:
+        return TicketSnapshot(
+            ref=TicketRef(source="servicenow", id="sc_req_item/x", key="RITM1"),
+            status="approved", state=source_state, final=final, version=1,
+            updated_at=datetime(2026, 1, 1, tzinfo=UTC), fields={"state": state},
+        )
+
+    assert default.state_of(snap("3", True, "closed")) == "closed"
+    assert custom.state_of(snap("3", True, "closed")) == "approved"
+    assert custom.state_of(snap("8", False, "approved")) == "closed"
+    assert default.state_of(snap("8", False, "approved")) == "approved"
