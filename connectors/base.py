@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
     "Approval",
+    "FieldChange",
     "Identity",
     "Outcome",
     "SessionTerminator",
@@ -89,6 +90,15 @@ class StatusChange(_Frozen):
     to_name: str | None = None
 
 
+class FieldChange(_Frozen):
+    """A history entry that changed a field other than the status (Jira changelog):
+    how an edit made after an approval is recognised."""
+
+    history_id: str
+    field: str
+    at: AwareDatetime
+
+
 class Approval(_Frozen):
     """An explicit approval decision recorded by the source (JSM approvals,
     ServiceNow ``sysapproval_approver``), never taken from a webhook's actor."""
@@ -122,6 +132,7 @@ class TicketSnapshot(_Frozen):
     issue_type: str | None = None
     requester: Identity | None = None
     transitions: tuple[StatusChange, ...] = ()
+    field_changes: tuple[FieldChange, ...] = ()
     approvals: tuple[Approval, ...] = ()
     fields: Mapping[str, Any] = Field(default_factory=dict)
     summary: str | None = None

@@ -7,16 +7,18 @@ needs arrives as arguments, so the whole state machine is unit-testable and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from connectors.base import Identity, StatusChange, TicketSnapshot
 from policies.loader import PolicySet
-from policies.model import Policy, field_value
+from policies.model import Policy, field_value, parse_duration
 
 __all__ = [
     "Decision",
@@ -25,6 +27,7 @@ __all__ = [
     "LedgerGrant",
     "Revoke",
     "RevokeReason",
+    "candidate_principals",
     "decide",
 ]
 
@@ -57,6 +60,7 @@ class LedgerGrant:
     principal: str
     approval_ref: str
     state: str
+    request_digest: str | None = None
 
 
 class _Action(BaseModel):
@@ -76,6 +80,10 @@ class Grant(_Action):
     requester: Identity | None
     starts_at: AwareDatetime
     expires_at: AwareDatetime
+    # Fingerprint of what was approved (access, principal, requester, times asked for).
+    request_digest: str
+    # Why the window is shorter than asked (caps), for the ticket comment.
+    notes: tuple[str, ...] = ()
 
 
 class Revoke(_Action):
@@ -119,8 +127,14 @@ def decide(
     ledger: Sequence[LedgerGrant],
     policy_set: PolicySet,
     now: datetime,
+    *,
+    principal_load: Mapping[str, int] | None = None,
 ) -> Decision:
-    """Map the ticket's current state to grant, revoke and deny actions."""
+    """Map the ticket's current state to grant, revoke and deny actions.
+
+    ``principal_load`` counts, per policy and principal, the live grants held through
+    other tickets (keys ``"policy\x1fprincipal"``; see ``candidate_principals``).
+    """
     live = [g for g in ledger if g.state in LIVE_STATES and g.state != "revoking"]
     in_scope = [p for p in policy_set.for_source(snapshot.ref.source) if p.in_scope(snapshot)]
 
@@ -176,7 +190,8 @@ def decide(
             notes.append(f"{policy.name}: ticket is not approved (status {snapshot.status_name})")
             continue
         actions.extend(
-            _approved(snapshot, policy, policy_set=policy_set, ledger=ledger, mine=mine, now=now)
+            _approved(snapshot, policy, policy_set=policy_set, ledger=ledger, mine=mine, now=now,
+                      load=principal_load or {})
         )
     return Decision(actions=tuple(actions), notes=tuple(notes))
 
@@ -189,6 +204,7 @@ def _approved(
     ledger: Sequence[LedgerGrant],
     mine: Sequence[LedgerGrant],
     now: datetime,
+    load: Mapping[str, int],
 ) -> list[Grant | Revoke | Deny]:
     basis = _approval_basis(snapshot, policy)
     if basis is None:
@@ -224,6 +240,15 @@ def _approved(
             "insufficient_approvals",
             f"{len(allowed)} of {rules.min_approvals} required approvals",
         )
+    if rules.sponsor_field:
+        sponsor = _person_refs(snapshot.fields.get(rules.sponsor_field))
+        if not sponsor:
+            return deny("sponsor_missing", f"the sponsor field {rules.sponsor_field} is empty")
+        if any(a.matches(ref) for a in approvers for ref in sponsor):
+            return deny("sponsor_approved", "the sponsor may not also approve the request")
+    if _edited_after(snapshot, policy, approval_ref):
+        return deny("request_changed_after_approval",
+                    "the request was edited after it was approved; approve it again")
     principal = _principal(snapshot, policy)
     if principal is None:
         return deny("principal_missing", "the ticket does not name who should get access")
@@ -232,15 +257,16 @@ def _approved(
         if problem is not None:
             return deny("principal_invalid", problem)
 
-    if snapshot.window is not None:
-        # A scheduled window (change request): it starts when planned, and no planned
-        # end may stretch it beyond what the policy allows.
-        starts_at = snapshot.window[0]
-        cap = policy.max_duration or policy.duration
-        expires_at = min(snapshot.window[1], starts_at + cap)
-    else:
-        starts_at = approved_at
-        expires_at = starts_at + policy.effective_duration
+    window = _window(snapshot, policy, approved_at)
+    if isinstance(window, Deny):
+        return [*_revoke_all(mine, "request_changed"), window]
+    starts_at, expires_at, notes = window
+    digest = _request_digest(snapshot, policy, principal, starts_at, expires_at)
+    if any(g.approval_ref == approval_ref and g.request_digest not in (None, digest)
+           for g in mine):
+        # Approved small, edited large: what was approved is not what is asked now.
+        return deny("request_changed_after_approval",
+                    "the request was edited after it was approved; approve it again")
     # The principal or roles may have been edited since an earlier approval.
     desired = {(g.target, g.role, principal) for g in policy.grants}
     out: list[Grant | Revoke | Deny] = list(
@@ -260,6 +286,13 @@ def _approved(
         out.append(_deny(snapshot, policy, "expired_before_grant",
                          "the approved window ended before it could be granted", approval_ref))
         return out
+    limit = policy.max_grants_per_principal
+    held_elsewhere = load.get(f"{policy.name}\x1f{principal}", 0)
+    if todo and limit is not None and held_elsewhere + len(todo) > limit:
+        out.append(_deny(snapshot, policy, "principal_limit_reached",
+                         f"{principal} already holds {held_elsewhere} grant(s) of "
+                         f"{policy.name} (limit {limit})", approval_ref))
+        return out
     for item in todo:
         out.append(
             Grant(
@@ -274,9 +307,143 @@ def _approved(
                 requester=requester,
                 starts_at=starts_at,
                 expires_at=expires_at,
+                request_digest=digest,
+                notes=notes,
             )
         )
     return out
+
+
+def candidate_principals(snapshot: TicketSnapshot, policy_set: PolicySet) -> set[tuple[str, str]]:
+    """(policy, principal) pairs this ticket could be granted to, for the caller to
+    count live grants held elsewhere (``principal_load``) before deciding."""
+    out: set[tuple[str, str]] = set()
+    for policy in policy_set.for_source(snapshot.ref.source):
+        if policy.max_grants_per_principal is None or not policy.in_scope(snapshot):
+            continue
+        principal = _principal(snapshot, policy)
+        if principal is not None:
+            out.add((policy.name, principal))
+    return out
+
+
+def _edited_after(snapshot: TicketSnapshot, policy: Policy, approval_ref: str) -> bool:
+    """A request field changed in a history entry after the approving one (Jira)."""
+    entry = next((t for t in snapshot.transitions if t.history_id == approval_ref), None)
+    if entry is None:
+        return False
+    fields = policy.request_fields
+    mark = (entry.at, _order(entry.history_id))
+    return any(
+        c.field in fields and (c.at, _order(c.history_id)) > mark for c in snapshot.field_changes
+    )
+
+
+def _order(history_id: str) -> int:
+    return int(history_id) if history_id.isdigit() else 0
+
+
+def _window(
+    snapshot: TicketSnapshot, policy: Policy, approved_at: datetime
+) -> tuple[datetime, datetime, tuple[str, ...]] | Deny:
+    """Start, expiry and the notes explaining any cut. The longest a grant may last is
+    ``max_duration`` (else ``duration``); asking for more is cut, not refused."""
+    cap = policy.max_duration or policy.duration
+    notes: list[str] = []
+    if snapshot.window is not None:
+        # A scheduled window (change request): it starts when planned.
+        starts_at, wanted_end = snapshot.window
+    else:
+        starts_at, wanted_end = approved_at, approved_at + policy.effective_duration
+        if policy.duration_field and (raw := field_value(
+                snapshot.fields.get(policy.duration_field))) is not None:
+            try:
+                asked = parse_duration(int(raw) * 3600 if raw.strip().isdigit() else raw)
+            except ValueError:
+                return _deny(snapshot, policy, "invalid_requested_duration",
+                             f"cannot read the requested duration {raw[:40]!r}")
+            wanted_end = starts_at + asked
+        if policy.end_field and (raw := field_value(
+                snapshot.fields.get(policy.end_field))) is not None:
+            end = _parse_when(raw)
+            if end is None:
+                return _deny(snapshot, policy, "invalid_requested_end",
+                             f"cannot read the requested end {raw[:40]!r}")
+            wanted_end = end
+    expires_at = wanted_end
+    if expires_at - starts_at > cap:
+        expires_at = starts_at + cap
+        notes.append(f"the requested end {_iso(wanted_end)} was cut to {_iso(expires_at)} "
+                     f"(policy {policy.name} allows at most {_span(cap)})")
+    if policy.contract_end_field and (raw := field_value(
+            snapshot.fields.get(policy.contract_end_field))) is not None:
+        contract_end = _parse_when(raw)
+        if contract_end is None:
+            return _deny(snapshot, policy, "invalid_contract_end",
+                         f"cannot read the contract end {raw[:40]!r}")
+        if contract_end <= starts_at:
+            return _deny(snapshot, policy, "contract_ended", "the contract has ended")
+        if contract_end < expires_at:
+            expires_at = contract_end
+            notes.append(f"access ends with the contract on {_iso(contract_end)}")
+    if expires_at <= starts_at:
+        return _deny(snapshot, policy, "invalid_requested_end",
+                     "the requested window ends before it starts")
+    return starts_at, expires_at, tuple(notes)
+
+
+def _parse_when(raw: str) -> datetime | None:
+    """An ISO date or datetime; a bare date means the end of that day (UTC)."""
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    if len(raw.strip()) == 10:  # YYYY-MM-DD
+        value += timedelta(days=1)
+    return value
+
+
+def _request_digest(snapshot: TicketSnapshot, policy: Policy, principal: str,
+                    starts_at: datetime, expires_at: datetime) -> str:
+    body = {
+        "policy": policy.name,
+        "grants": sorted((g.target, g.role) for g in policy.grants),
+        "principal": principal,
+        "requester": snapshot.requester.source_id if snapshot.requester else None,
+        "requested": sorted(
+            (name, str(field_value(snapshot.fields.get(name))))
+            for name in policy.request_fields if name in snapshot.fields
+        ),
+        "starts_at": _iso(starts_at),
+        "expires_at": _iso(expires_at),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _person_refs(raw: Any) -> list[str]:
+    """Ways a user field can name a person: ids, user names, emails."""
+    if isinstance(raw, str):
+        return [raw] if raw.strip() else []
+    if isinstance(raw, dict):
+        keys = ("accountId", "name", "key", "emailAddress", "value", "sys_id")
+        return [str(raw[k]) for k in keys if isinstance(raw.get(k), str) and raw[k]]
+    if isinstance(raw, list) and len(raw) == 1:
+        return _person_refs(raw[0])
+    return []
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="minutes").replace("+00:00", "Z")
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _approval_entry(snapshot: TicketSnapshot, policy: Policy) -> StatusChange | None:

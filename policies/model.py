@@ -171,6 +171,8 @@ class Approvers(_Strict):
     groups: StrList = ()
     min_approvals: int = Field(default=1, ge=1, le=20)
     allow_self_approval: bool = False
+    # A ticket field naming the sponsor (a user): the sponsor may not also approve.
+    sponsor_field: str | None = None
 
     @model_validator(mode="after")
     def _someone(self) -> Approvers:
@@ -237,6 +239,14 @@ class Policy(_Strict):
     max_duration: Duration | None = None
     stale_after: Duration = timedelta(hours=72)
     drift: DriftRule = DriftRule()
+    # Ticket fields a requester may use to ask for less (or, up to max_duration, more):
+    # a duration ("4h", or a number of hours) or an end date; a contract end date field
+    # caps every grant further.
+    duration_field: str | None = None
+    end_field: str | None = None
+    contract_end_field: str | None = None
+    # Concurrent live grants one principal may hold across all tickets of this policy.
+    max_grants_per_principal: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _durations(self) -> Policy:
@@ -249,6 +259,22 @@ class Policy(_Strict):
         """Stable fingerprint of the policy as applied, recorded with every grant."""
         body = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+    @property
+    def request_fields(self) -> frozenset[str]:
+        """Fields whose change after an approval voids it (plus the requester)."""
+        names = {
+            self.match.requested.field if self.match.requested else None,
+            self.principal.field if self.principal.from_ == "field" else None,
+            self.duration_field,
+            self.end_field,
+            self.contract_end_field,
+            self.approvers.sponsor_field,
+            "reporter",
+            "requested_for",
+            "requested_by",
+        }
+        return frozenset(n for n in names if n)
 
     @property
     def effective_duration(self) -> timedelta:

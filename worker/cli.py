@@ -190,7 +190,8 @@ def worker(celery_args: tuple[str, ...]) -> None:
     except (ConfigError, PolicyLoadError) as exc:
         _fail(str(exc))
     app = create_celery(settings)
-    argv = ["worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency),
+    # --quiet: no ASCII banner, so every line on stdout stays one JSON object.
+    argv = ["--quiet", "worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency),
             "--without-gossip", "--without-mingle", "-l", settings.log_level, *celery_args]
     app.worker_main(argv)
 
@@ -204,7 +205,7 @@ def beat() -> None:
     logconf.configure(level=settings.log_level, fmt=settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_celery(settings)
-    app.start(["beat", "-l", settings.log_level,
+    app.start(["--quiet", "beat", "-l", settings.log_level,
                "-s", str(settings.data_dir.resolve() / "beat-schedule")])
 
 

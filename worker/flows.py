@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, select, update
 
 from connectors.base import Identity, SessionTerminator, TicketRef, TicketSnapshot
 from connectors.errors import PermanentError, TicketNotFound, TransientError
-from policies.engine import Decision, Deny, Grant, Revoke, decide
+from policies.engine import Decision, Deny, Grant, Revoke, candidate_principals, decide
 from worker.ledger import audit, store
 from worker.ledger.schema import comments
 from worker.runtime import Runtime
@@ -97,9 +97,10 @@ def decide_and_apply(
             if inbox_id is not None:
                 store.finish_delivery(conn, inbox_id, outcome="stale_read", now=tx.now)
             return EventResult("stale_read")
-        decision = decide(
-            snapshot, store.ticket_grants(conn, snapshot.ref.uid), rt.policies, tx.now
-        )
+        load = store.principal_load(conn, candidate_principals(snapshot, rt.policies),
+                                    ticket_uid=snapshot.ref.uid)
+        decision = decide(snapshot, store.ticket_grants(conn, snapshot.ref.uid), rt.policies,
+                          tx.now, principal_load=load)
         work = _record_decision(tx, snapshot, decision, delivery_id)
         store.save_ticket(conn, snapshot, now=tx.now)
         if inbox_id is not None:
@@ -183,6 +184,8 @@ def _record_decision(
                     "next_attempt_at": action.starts_at if action.starts_at > now else retry_at,
                     "delivery_id": delivery_id,
                     "updated_at": now,
+                    "request_digest": action.request_digest,
+                    "cap_note": "; ".join(action.notes)[:500] or None,
                 },
             )
             if inserted:
@@ -283,10 +286,11 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
         return ApplyResult("grant_failed", also=siblings)
     store.set_grant(conn, row.id, state="active", granted_at=now, attempts=row.attempts + 1,
                     last_error=None, next_attempt_at=None, updated_at=now)
-    _record(tx, "grant.issued", row, outcome=outcome.value)
+    _record(tx, "grant.issued", row, outcome=outcome.value, detail=row.cap_note)
     _comment(tx, row, "grant.issued",
              f"jitgate granted {row.role} on {row.target} to {row.principal} until "
-             f"{_iso(row.expires_at)} (policy {row.policy}).")
+             f"{_iso(row.expires_at)} (policy {row.policy})."
+             + (f" Note: {row.cap_note}." if row.cap_note else ""))
     return ApplyResult("active")
 
 
@@ -405,22 +409,16 @@ def _comment(tx: _Tx, row: Row[Any], event: str, body: str) -> None:
 
 def _with_groups(rt: Runtime, snapshot: TicketSnapshot) -> TicketSnapshot:
     """Fill approvers' group ids when a policy in scope names approver groups."""
-    needs = any(
-        p.approvers.groups and p.in_scope(snapshot)
-        for p in rt.policies.for_source(snapshot.ref.source)
-    )
-    lookup = getattr(rt.source(snapshot.ref.source), "user_groups", None)
-    if not needs or lookup is None:
+    kind = snapshot.ref.source
+    if not any(p.approvers.groups and p.in_scope(snapshot) for p in rt.policies.for_source(kind)):
         return snapshot
-    cache: dict[str, tuple[str, ...]] = {}
 
     def enrich(person: Identity | None) -> Identity | None:
         if person is None:
             return None
-        if person.source_id not in cache:
-            cache[person.source_id] = tuple(lookup(person))
-        return person.model_copy(update={"groups": cache[person.source_id]})
+        return person.model_copy(update={"groups": rt.groups_of(kind, person)})
 
+    # Only the recent history can hold the approving entry; older authors need no lookup.
     transitions = tuple(
         t.model_copy(update={"author": enrich(t.author)}) for t in snapshot.transitions[-5:]
     )

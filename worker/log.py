@@ -68,6 +68,7 @@ def configure(*, level: str = "INFO", fmt: str = "auto") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # library warnings become log records, JSON like the rest
     root.setLevel(level.upper())
     for noisy in ("urllib3", "httpx", "httpcore", "jira", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -44,6 +44,10 @@ def poll_sources(rt: Runtime) -> list[str]:
         except ConnectorError as exc:
             _release(rt, kind, error=exc.code)
             log.warning("poll.failed", source=kind, error=exc.code)
+        except ValueError as exc:  # a source refused our input before any request
+            _release(rt, kind, error="invalid_input")
+            log.error("poll.failed", source=kind, error="invalid_input",
+                      detail=str(exc)[:200])
     return inbox_ids
 
 

@@ -7,6 +7,7 @@ connects at import time; connectors connect on first use, after a fork.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connectors.base import SourceConnector, TargetConnector
+from connectors.base import Identity, SourceConnector, TargetConnector
 from connectors.errors import SourceNotConfigured
 from policies.loader import PolicySet, load_policies
 from worker.ledger.db import Ledger
@@ -56,6 +57,21 @@ class Runtime:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))  # noqa: TID251
     _targets: dict[str, TargetConnector] = field(default_factory=dict)
     _sources: dict[str, SourceConnector] = field(default_factory=dict)
+    # (source, person id) → (monotonic expiry, group ids): approver groups, briefly cached
+    _groups: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = field(default_factory=dict)
+
+    def groups_of(self, kind: str, person: Identity) -> tuple[str, ...]:
+        """Group ids of an approver, through the source's API, cached briefly (an
+        approval burst does not become a burst of directory calls)."""
+        key = (kind, person.source_id)
+        cached = self._groups.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        lookup = getattr(self.source(kind), "user_groups", None)
+        groups: tuple[str, ...] = tuple(lookup(person)) if lookup is not None else ()
+        self._groups[key] = (now + self.settings.group_cache_ttl, groups)
+        return groups
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     database_url: str | None = None
     policy_path: Path = _EXAMPLES
 
+    # Per-source token bucket on the listener: a flood on one source gets 429 (which
+    # Jira retries) without starving the other source.
+    rate_limit_per_source: float = Field(default=100.0, gt=0)
+    rate_limit_burst: int = Field(default=400, ge=1)
+    # Delivery ids are remembered this long for dedupe (well past Jira's ~30 min of
+    # retries); a replay after that is harmless: the re-read decides.
+    dedupe_retention: float = Field(default=7 * 86400.0, gt=0)
+    # Approver group memberships are cached this long (seconds).
+    group_cache_ttl: float = Field(default=60.0, ge=0)
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

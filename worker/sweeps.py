@@ -8,9 +8,10 @@ split the work between them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from worker import flows
 from worker.ledger import store
@@ -73,6 +74,7 @@ def run(rt: Runtime) -> SweepReport:
             ).scalars()
         )
     report.redriven = len(due)
+    _forget_old_deliveries(rt)
     for grant_id in [*expired, *due]:
         result = flows.apply_grant(rt, grant_id)
         report.comment_ids.extend(result.comment_ids)
@@ -130,3 +132,15 @@ def _stale(rt: Runtime) -> list[str]:
                                         retry_at=now + rt.stuck_after):
                     out.append(grant_id)
     return out
+
+
+def _forget_old_deliveries(rt: Runtime) -> None:
+    """Drop processed inbox rows past the dedupe retention: the table stays small, and
+    a replay after that is harmless because the ticket is re-read before any action."""
+    ledger = rt.ledger
+    with ledger.tx() as conn:
+        cutoff = ledger.now(conn) - timedelta(seconds=rt.settings.dedupe_retention)
+        old = select(inbox.c.id).where(
+            inbox.c.processed_at.is_not(None), inbox.c.received_at < cutoff
+        ).limit(BATCH)
+        conn.execute(delete(inbox).where(inbox.c.id.in_(old.scalar_subquery())))

@@ -19,13 +19,15 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import quote
 
 import requests
+import structlog
 from jira import JIRA
 from jira.exceptions import JIRAError
 from pydantic import SecretStr
 
-from connectors.base import Approval, Identity, StatusChange, TicketRef, TicketSnapshot
+from connectors.base import Approval, FieldChange, Identity, StatusChange, TicketRef, TicketSnapshot
 from connectors.errors import (
     ConnectorError,
     PermanentError,
@@ -34,6 +36,8 @@ from connectors.errors import (
     TransientError,
 )
 from connectors.jira.identity import jira_identity
+
+log = structlog.get_logger("jitgate.jira")
 
 __all__ = ["Deployment", "JiraSource", "parse_jira_datetime"]
 
@@ -54,6 +58,10 @@ _APPROVER_DECISIONS: Mapping[str, Literal["approved", "rejected", "pending"]] = 
 }
 _CHANGELOG_PAGE = 100  # Cloud's maximum page size for GET issue/{id}/changelog
 _COMMENT_PAGE = 100
+_APPROVAL_PAGE = 50  # servicedeskapi's default `limit`
+# Answers of the JSM approval endpoint meaning "no JSM request here / not visible to
+# this API user": the Approvals field is then the only record there is.
+_APPROVALS_UNAVAILABLE = frozenset({403, 404})
 _MAX_PAGES = 1000  # a server that never says "last page" must not loop forever
 # Reconciliation search: everything that goes into JQL is checked against these
 # (ASCII only, whole string) so no configured or stored value can change the query.
@@ -93,6 +101,50 @@ def _opt_str(value: Any) -> str | None:
     if value is None:
         return None
     return str(value)
+
+
+def _jsm_date(value: Any) -> datetime | None:
+    """A servicedeskapi DateDTO (``{iso8601, epochMillis, ...}``) as an aware datetime."""
+    if not isinstance(value, Mapping):
+        return None
+    parsed = parse_jira_datetime(value.get("iso8601"))
+    if parsed is not None:
+        return parsed
+    millis = value.get("epochMillis")
+    if isinstance(millis, int) and not isinstance(millis, bool):
+        try:
+            return datetime.fromtimestamp(millis / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _approval_records(steps: Sequence[Any]) -> tuple[Approval, ...]:
+    """One ``Approval`` per approver of each JSM approval step (servicedeskapi
+    Approval DTO, which is also the Approvals field's element shape)."""
+    out: list[Approval] = []
+    for step in steps:
+        if not isinstance(step, Mapping):
+            continue
+        step_id = _opt_str(step.get("id")) or "?"
+        completed = _jsm_date(step.get("completedDate"))
+        for entry in step.get("approvers") or []:
+            if not isinstance(entry, Mapping):
+                continue
+            who = jira_identity(entry.get("approver"))
+            if who is None:
+                continue
+            # Unknown decisions read as pending: never as approved.
+            decision = _APPROVER_DECISIONS.get(str(entry.get("approverDecision")), "pending")
+            out.append(
+                Approval(
+                    approval_id=f"{step_id}:{who.source_id}",
+                    approver=who,
+                    decision=decision,
+                    at=completed if decision != "pending" else None,
+                )
+            )
+    return tuple(out)
 
 
 def _looks_like_approvals(value: Any) -> bool:
@@ -291,7 +343,8 @@ class JiraSource:
             issue_type=_opt_str(issue_type.get("name")),
             requester=jira_identity(fields.get("reporter")),
             transitions=self._transitions(histories),
-            approvals=self._approvals(client, fields),
+            field_changes=self._field_changes(histories),
+            approvals=self._approvals(client, issue_id, fields),
             fields=fields,
             summary=summary if isinstance(summary, str) else None,
         )
@@ -410,8 +463,7 @@ class JiraSource:
         elapsed = (self._clock() - since).total_seconds()
         window = f"updated >= -{max(0, math.ceil(elapsed / 60)) + 1}m"
         if keys:
-            quoted = ", ".join(f'"{k}"' for k in keys)
-            found.update(dict.fromkeys(self._search(f"project in ({quoted}) AND {window}")))
+            found.update(dict.fromkeys(self._search_projects(keys, window)))
         for chunk in _chunks(wanted, _IDS_PER_QUERY):
             found.update(dict.fromkeys(self._search_ids(chunk, window)))
         return list(found)
@@ -427,6 +479,22 @@ class JiraSource:
                 raise ValueError(f"jira: not a valid {what}: {repr(value)[:60]}")
             out[value] = None
         return list(out)
+
+    def _search_projects(self, keys: Sequence[str], window: str) -> list[str]:
+        """Jira rejects a whole query naming a project that does not exist (or that the
+        API user cannot see); one bad key in a policy must not stop polling the rest,
+        so a rejected query is split, and a project still rejected alone is skipped."""
+        quoted = ", ".join(f'"{k}"' for k in keys)
+        try:
+            return self._search(f"project in ({quoted}) AND {window}")
+        except _QueryRejected:
+            if len(keys) == 1:
+                log.warning("jira.poll_project_rejected", project=keys[0])
+                return []
+        out: list[str] = []
+        for key in keys:
+            out.extend(self._search_projects([key], window))
+        return out
 
     def _search_ids(self, chunk: Sequence[str], window: str) -> list[str]:
         try:
@@ -534,6 +602,23 @@ class JiraSource:
                 )
         return tuple(changes)
 
+    @staticmethod
+    def _field_changes(histories: list[dict[str, Any]]) -> tuple[FieldChange, ...]:
+        out: list[FieldChange] = []
+        for history in histories:
+            at = parse_jira_datetime(history.get("created"))
+            history_id = _opt_str(history.get("id"))
+            if at is None or not history_id:
+                continue
+            for item in history.get("items") or []:
+                if not isinstance(item, dict) or _is_status_item(item):
+                    continue
+                # fieldId is stable (custom field names are renamable); DC may lack it
+                name = _opt_str(item.get("fieldId")) or _opt_str(item.get("field"))
+                if name:
+                    out.append(FieldChange(history_id=history_id, field=name, at=at))
+        return tuple(out)
+
     # ------------------------------------------------------------------ JSM approvals
 
     def _approval_field_ids(self, client: JIRA) -> frozenset[str]:
@@ -550,34 +635,80 @@ class JiraSource:
             )
         return self._approval_fields
 
-    def _approvals(self, client: JIRA, fields: Mapping[str, Any]) -> tuple[Approval, ...]:
+    def _field_approval_steps(self, client: JIRA, fields: Mapping[str, Any]) -> list[Any]:
+        """Approval steps held in the JSM Approvals custom field(s) of an issue."""
         candidates = {k: v for k, v in fields.items() if _looks_like_approvals(v)}
         if not candidates:
-            return ()  # no JSM approvals on this issue: spare the /field round trip
+            return []  # no JSM approvals on this issue: spare the /field round trip
         # Only the real JSM field counts: its values are written by JSM, not by users.
         wanted = self._approval_field_ids(client)
-        out: list[Approval] = []
-        for field_id, steps in candidates.items():
-            if field_id not in wanted:
-                continue
-            for step in steps:
-                step_id = _opt_str(step.get("id")) or "?"
-                completed = parse_jira_datetime((step.get("completedDate") or {}).get("iso8601"))
-                for entry in step.get("approvers") or []:
-                    if not isinstance(entry, dict):
-                        continue
-                    who = jira_identity(entry.get("approver"))
-                    if who is None:
-                        continue
-                    # Unknown decisions read as pending: never as approved.
-                    raw_decision = str(entry.get("approverDecision"))
-                    decision = _APPROVER_DECISIONS.get(raw_decision, "pending")
-                    out.append(
-                        Approval(
-                            approval_id=f"{step_id}:{who.source_id}",
-                            approver=who,
-                            decision=decision,
-                            at=completed if decision != "pending" else None,
-                        )
-                    )
-        return tuple(out)
+        return [step for k, v in candidates.items() if k in wanted for step in v]
+
+    def _approvals(
+        self, client: JIRA, issue_id: str, fields: Mapping[str, Any]
+    ) -> tuple[Approval, ...]:
+        """JSM approval decisions, read from the Service Desk API (formats.md §1.7).
+
+        The endpoint is authoritative; the Approvals field (a copy JSM keeps on the
+        issue) is used only when the endpoint cannot be read (403/404), so decisions
+        never come from a webhook's claims or from a field copied by a user.
+        """
+        project = fields.get("project")
+        service_desk = isinstance(project, Mapping) and (
+            project.get("projectTypeKey") == "service_desk"
+        )
+        field_steps: list[Any] | None = None
+        if not service_desk:
+            field_steps = self._field_approval_steps(client, fields)
+            if not field_steps:
+                return ()  # not JSM: the endpoint would only answer 404
+        steps = self._endpoint_approval_steps(client, issue_id)
+        if steps is None:
+            steps = (
+                field_steps
+                if field_steps is not None
+                else self._field_approval_steps(client, fields)
+            )
+        return _approval_records(steps)
+
+    def _endpoint_approval_steps(self, client: JIRA, issue_id: str) -> list[Any] | None:
+        """All pages of ``GET /rest/servicedeskapi/request/{id}/approval``; ``None``
+        when the endpoint is unavailable for this issue (not a JSM request, or the API
+        user may not see it)."""
+        # The library has no wrapper; its session carries our auth and timeout (set on
+        # the session at connect, so no per-call timeout) and raises JIRAError.
+        url = f"{self._url}/rest/servicedeskapi/request/{quote(issue_id, safe='')}/approval"
+        what = f"read approvals of {issue_id}"
+        unavailable = object()
+
+        def get_page(start: int) -> Any:
+            try:
+                response = client._session.get(
+                    url, params={"start": start, "limit": _APPROVAL_PAGE}
+                )
+            except JIRAError as exc:
+                if exc.status_code not in _APPROVALS_UNAVAILABLE:
+                    raise
+            else:
+                return response.json()
+            # Outside the handler: the JIRAError must not ride along as __context__.
+            return unavailable
+
+        out: list[Any] = []
+        start = 0
+        for _ in range(_MAX_PAGES):
+            page = self._call(what, functools.partial(get_page, start))
+            if page is unavailable:
+                return None
+            if not isinstance(page, dict):
+                raise TransientError(f"jira: approvals of {issue_id} came back malformed")
+            values = page.get("values")
+            if not isinstance(values, list):
+                raise TransientError(f"jira: approvals of {issue_id} came back malformed")
+            out.extend(values)
+            start += len(values)
+            # Only an explicit ``isLastPage: false`` asks for more: a missing flag must
+            # not turn into an endless walk.
+            if not values or page.get("isLastPage") is not False:
+                return out
+        raise TransientError(f"jira: approvals of {issue_id} did not end after {_MAX_PAGES} pages")

@@ -11,7 +11,7 @@ import pytest
 from tests.contract.targets import Harness
 
 # Every shipped target; a new target adds its harness module and its name here.
-TARGET_KINDS = ["postgres"]
+TARGET_KINDS = ["postgres", "mysql", "redis_acl", "ldap", "http"]
 
 
 @pytest.fixture(params=TARGET_KINDS)

@@ -488,11 +488,14 @@ def test_changed_since_server_error_is_transient(jira: JiraDouble) -> None:
     assert source.changed_since(since=datetime.now(UTC), projects=["OPS"]) == []
 
 
-def test_changed_since_unknown_project_is_permanent(jira: JiraDouble) -> None:
-    with pytest.raises(PermanentError) as info:
-        _source(jira).changed_since(since=datetime.now(UTC), projects=["NOPE"])
-    assert info.value.code == "source_error" and "400" in str(info.value)
-    _assert_no_secret(info.value)
+def test_changed_since_skips_an_unknown_project_and_polls_the_rest(jira: JiraDouble) -> None:
+    """Jira refuses a whole query naming a missing project; one typo in a policy must
+    not stop the poll of every other project."""
+    user = jira.add_user("712020:x", "X")
+    issue_id = jira.create_issue("OPS-1", reporter=user)
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    assert _source(jira).changed_since(since=since, projects=["NOPE"]) == []
+    assert _source(jira).changed_since(since=since, projects=["NOPE", "OPS"]) == [issue_id]
 
 
 def test_library_path_never_uses_the_removed_search_api(jira: JiraDouble) -> None:
@@ -556,3 +559,199 @@ def test_double_search_jql_speaks_cloud_get_and_post(jira: JiraDouble) -> None:
     token_reply = requests.get(url, params={"jql": "project in (OPS)", "nextPageToken": "xx"},
                                auth=auth, timeout=5)
     assert token_reply.status_code == 400
+
+
+# ---------------------------------------------------------------- JSM approvals (Service Desk API)
+
+SD_PATH = "/rest/servicedeskapi/"
+PORTAL_CUSTOMER: dict[str, Any] = {
+    "accountId": "qm:1b2c3d4e-5f60-4718-9a0b-c1d2e3f4a5b6:0f1e2d3c-portal",
+    "accountType": "customer",
+    "displayName": "Pat Portal",
+    "emailAddress": "pat@customer.example",
+    "active": True,
+}
+
+
+def _sd_requests(jira: JiraDouble) -> list[Any]:
+    return [r for r in jira.requests if r.path.startswith(SD_PATH)]
+
+
+def _decisions(snap: Any) -> list[tuple[str, str, str]]:
+    return [(a.approval_id, a.approver.source_id, a.decision) for a in snap.approvals]
+
+
+def test_jsm_approvals_are_read_from_the_service_desk_api(
+    jira: JiraDouble, people: People
+) -> None:
+    issue_id = jira.create_issue("HELP-1", project="HELP", project_type="service_desk",
+                                 reporter=people["requester"], status=WAITING)
+    step = jira.add_jsm_approval("HELP-1", "Manager approval",
+                                 [people["approver"], PORTAL_CUSTOMER])
+    jira.decide_jsm_approval("HELP-1", step, PORTAL_CUSTOMER["accountId"], "approve")
+    # The transition (and so the webhook) is made by automation: it names no approver.
+    payload = jira.transition("HELP-1", APPROVED, author=people["bot"])
+    assert payload["user"]["accountId"] == "557058:automation"
+    jira.reset_requests()
+
+    snap = _source(jira).fetch(issue_id)
+
+    assert _decisions(snap) == [
+        (f"{step}:712020:aaaa-1111", "712020:aaaa-1111", "pending"),
+        (f"{step}:{PORTAL_CUSTOMER['accountId']}", PORTAL_CUSTOMER["accountId"], "approved"),
+    ]
+    pending, approved = snap.approvals
+    assert pending.at is None
+    assert approved.at is not None and approved.at.tzinfo is not None
+    assert approved.approver.email == "pat@customer.example"
+    [call] = _sd_requests(jira)
+    assert call.path == f"/rest/servicedeskapi/request/{issue_id}/approval"
+    assert call.query["start"] == ("0",) and call.status == 200
+
+
+def test_jsm_endpoint_replaces_the_approvals_field(jira: JiraDouble, people: People) -> None:
+    jira.add_field("customfield_10027", "Approvals", SD_APPROVALS_TYPE)
+    claimed = [{"id": "9", "name": "Manager approval", "finalDecision": "approved",
+                "approvers": [{"approver": people["bot"], "approverDecision": "approved"}]}]
+    jira.create_issue("HELP-2", project="HELP", project_type="service_desk",
+                      reporter=people["requester"], fields={"customfield_10027": claimed})
+    # The request has no approvals in JSM: what the field claims does not count.
+    assert _source(jira).fetch("HELP-2").approvals == ()
+
+
+def test_jsm_declined_is_rejected(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("HELP-3", project="HELP", project_type="service_desk",
+                      reporter=people["requester"])
+    step = jira.add_jsm_approval("HELP-3", "Owner approval",
+                                 [people["approver"], PORTAL_CUSTOMER], required=2)
+    jira.decide_jsm_approval("HELP-3", step, "712020:aaaa-1111", "approve")
+    assert _source(jira).fetch("HELP-3").approvals[0].at is None  # step still pending
+    jira.decide_jsm_approval("HELP-3", step, PORTAL_CUSTOMER["accountId"], "decline")
+
+    snap = _source(jira).fetch("HELP-3")
+
+    assert [(a.decision, a.at is not None) for a in snap.approvals] == [
+        ("approved", True), ("rejected", True),
+    ]
+    # The double keeps JSM's copy in the Approvals field in step.
+    [field_step] = snap.fields["customfield_10027"]
+    assert field_step["finalDecision"] == "declined" and "completedDate" in field_step
+    with pytest.raises(ValueError, match="already declined"):
+        jira.decide_jsm_approval("HELP-3", step, "712020:aaaa-1111", "approve")
+
+
+def test_jsm_approvals_are_paged(jira: JiraDouble, people: People) -> None:
+    jira.approval_page_max = 2
+    jira.create_issue("HELP-4", project="HELP", project_type="service_desk",
+                      reporter=people["requester"])
+    steps = [jira.add_jsm_approval("HELP-4", f"Step {n}", [people["approver"]])
+             for n in range(5)]
+    jira.decide_jsm_approval("HELP-4", steps[4], "712020:aaaa-1111", "approve")
+    jira.reset_requests()
+
+    snap = _source(jira).fetch("HELP-4")
+
+    assert [a.approval_id.split(":")[0] for a in snap.approvals] == steps
+    assert [a.decision for a in snap.approvals] == ["pending"] * 4 + ["approved"]
+    assert [r.query["start"][0] for r in _sd_requests(jira)] == ["0", "2", "4"]
+
+
+def test_non_jsm_project_makes_no_approval_call(jira: JiraDouble, people: People) -> None:
+    # A look-alike in an ordinary custom field is not a reason to ask JSM either.
+    lookalike = [{"id": "1", "approvers": [
+        {"approver": people["bot"], "approverDecision": "approved"}]}]
+    jira.create_issue("OPS-20", reporter=people["requester"],
+                      fields={"customfield_19999": lookalike})
+    jira.reset_requests()
+
+    snap = _source(jira).fetch("OPS-20")
+
+    assert snap.fields["project"]["projectTypeKey"] == "software"
+    assert snap.approvals == ()
+    assert _sd_requests(jira) == []
+    assert all(r.status == 200 for r in jira.requests)
+
+
+def test_jsm_field_on_non_jsm_issue_survives_the_404(jira: JiraDouble, people: People) -> None:
+    jira.add_field("customfield_10027", "Approvals", SD_APPROVALS_TYPE)
+    steps = [{"id": "5", "name": "Approval", "finalDecision": "approved",
+              "approvers": [{"approver": people["approver"], "approverDecision": "approved"}],
+              "completedDate": {"epochMillis": 1767001000000}}]
+    jira.create_issue("OPS-21", reporter=people["requester"],
+                      fields={"customfield_10027": steps})
+
+    snap = _source(jira).fetch("OPS-21")  # 404 from the endpoint is not TicketNotFound
+
+    assert _decisions(snap) == [("5:712020:aaaa-1111", "712020:aaaa-1111", "approved")]
+    assert snap.approvals[0].at == datetime.fromtimestamp(1767001000, tz=UTC)
+    assert [r.status for r in _sd_requests(jira)] == [404]
+
+
+def test_jsm_endpoint_server_error_is_transient(jira: JiraDouble, people: People) -> None:
+    jira.create_issue("HELP-5", project="HELP", project_type="service_desk",
+                      reporter=people["requester"])
+    jira.add_jsm_approval("HELP-5", "Manager approval", [people["approver"]])
+    source = _source(jira)
+    source.check()
+    jira.fail_next(1, status=503, path=SD_PATH)
+
+    with pytest.raises(TransientError) as info:
+        source.fetch("HELP-5")
+
+    assert "503" in str(info.value) and "approvals" in str(info.value)
+    _assert_no_secret(info.value)
+    assert [r.status for r in _sd_requests(jira)] == [503]
+    assert [a.decision for a in source.fetch("HELP-5").approvals] == ["pending"]
+
+
+def test_jsm_field_is_the_fallback_when_the_endpoint_is_forbidden(
+    jira: JiraDouble, people: People
+) -> None:
+    jira.create_issue("HELP-6", project="HELP", project_type="service_desk",
+                      reporter=people["requester"])
+    step = jira.add_jsm_approval("HELP-6", "Manager approval", [people["approver"]])
+    jira.decide_jsm_approval("HELP-6", step, "712020:aaaa-1111", "approve")
+    source = _source(jira)
+    from_endpoint = source.fetch("HELP-6").approvals
+    jira.fail_next(1, status=403, path=SD_PATH)  # e.g. the API user is no JSM agent
+
+    from_field = source.fetch("HELP-6").approvals
+
+    assert from_field == from_endpoint
+    assert _decisions(source.fetch("HELP-6")) == [
+        (f"{step}:712020:aaaa-1111", "712020:aaaa-1111", "approved"),
+    ]
+    assert [r.status for r in _sd_requests(jira)] == [200, 403, 200]
+
+
+def test_double_serves_the_servicedeskapi_approval_dto(jira: JiraDouble, people: People) -> None:
+    jira.approval_page_max = 1
+    issue_id = jira.create_issue("HELP-7", project="HELP", project_type="service_desk",
+                                 reporter=people["requester"])
+    first = jira.add_jsm_approval("HELP-7", "First", [PORTAL_CUSTOMER])
+    jira.add_jsm_approval("HELP-7", "Second", [people["approver"]])
+    jira.decide_jsm_approval("HELP-7", first, PORTAL_CUSTOMER["accountId"], "approve")
+    jira.create_issue("OPS-22", reporter=people["requester"])
+    auth = (jira.user, TOKEN)
+    base = f"{jira.url}/rest/servicedeskapi/request"
+
+    page = requests.get(f"{base}/HELP-7/approval", auth=auth, timeout=5).json()
+    assert {k: page[k] for k in ("size", "start", "limit", "isLastPage")} == {
+        "size": 1, "start": 0, "limit": 1, "isLastPage": False,
+    }
+    [dto] = page["values"]
+    assert dto["id"] == first and dto["finalDecision"] == "approved"
+    assert dto["approvers"][0]["approver"]["accountType"] == "customer"
+    assert dto["approvers"][0]["approverDecision"] == "approved"
+    assert set(dto["completedDate"]) >= {"iso8601", "epochMillis"}
+    assert dto["_links"]["self"].endswith(f"/request/{issue_id}/approval/{first}")
+    rest = requests.get(f"{base}/{issue_id}/approval", params={"start": 1},
+                        auth=auth, timeout=5).json()
+    assert rest["isLastPage"] is True and "completedDate" not in rest["values"][0]
+    one = requests.get(dto["_links"]["self"], auth=auth, timeout=5).json()
+    assert one == dto
+    for url in (f"{base}/OPS-22/approval", f"{base}/HELP-7/approval/999"):
+        missing = requests.get(url, auth=auth, timeout=5)
+        assert missing.status_code == 404 and missing.json()["errorMessage"]
+    with pytest.raises(ValueError, match="service desk"):
+        jira.add_jsm_approval("OPS-22", "x", [people["approver"]])

@@ -121,6 +121,56 @@ policies:
       - {{target: warehouse, role: {role}}}
       - {{target: warehouse-b, role: {role}_refused}}
     duration: 8h
+  - name: warehouse-capped
+    source: jira
+    match:
+      project: OPS
+      issue_type: Access Request
+      requested: {{field: customfield_10070, equals: warehouse-capped}}
+    approved_statuses: [Approved]
+    closed_statuses: [Done]
+    approvers:
+      users: [{approver}]
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 8h
+    max_duration: 24h
+    duration_field: customfield_10072
+    contract_end_field: customfield_10073
+  - name: warehouse-jsm
+    source: jira
+    match:
+      project: ITSM
+      requested: {{field: customfield_10070, equals: warehouse-read}}
+    approved_statuses: ["10008"]
+    closed_statuses: [Done]
+    approvers:
+      groups: [grp-dba-0001]
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 8h
+  - name: warehouse-jsm-two
+    source: jira
+    match:
+      project: ITSM
+      requested: {{field: customfield_10070, equals: warehouse-admin}}
+    approved_statuses: ["10008"]
+    closed_statuses: [Done]
+    approvers:
+      groups: [grp-dba-0001]
+      min_approvals: 2
+    principal:
+      from: field
+      field: customfield_10071
+    grants:
+      - {{target: warehouse, role: {role}}}
+    duration: 8h
   - name: warehouse-snow
     source: servicenow
     match:
@@ -151,7 +201,7 @@ policies:
 """
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -335,15 +385,17 @@ def stack_factory(
     token = uuid.uuid4().hex[:8]
 
     def build(*, ledger: str = "postgres", start_worker: bool = True,
-              extra_env: dict[str, str] | None = None) -> Stack:
+              extra_env: dict[str, str] | None = None, jira_token: str | None = None,
+              snow_password: str | None = None) -> Stack:
         for previous in made:  # one consumer set per broker DB at a time
             previous.stop_workers()
         folder = Path(tempfile.mkdtemp(prefix="jg-stack-"))
         role = f"analytics_ro_{token}_{len(made)}"
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
-        jira = JiraDouble().start()
-        snow = ServiceNowDouble().start()
+        jira = (JiraDouble(token=jira_token) if jira_token else JiraDouble()).start()
+        snow = (ServiceNowDouble(password=snow_password) if snow_password
+                else ServiceNowDouble()).start()
         snow_approver = snow.add_user("jane.approver", "Jane Approver", "jane@example.com")
         approver = jira.add_user("5b10a2844c20165700ede21g", "Jane Approver", "jane@example.com")
         requester = jira.add_user("712020:sam-requester", "Sam Requester")

@@ -3,7 +3,6 @@ manual revoke, and racing sweeps — with real worker and beat processes."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -12,13 +11,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import insert, update
+from sqlalchemy import update
 
 from tests.integration.conftest import APPROVED, DONE, Stack, wait_for
-from worker import sweeps
-from worker.ledger import store
-from worker.ledger.schema import grants, tickets
-from worker.runtime import Runtime
+from worker.ledger.schema import tickets
 
 pytestmark = pytest.mark.integration
 
@@ -177,64 +173,6 @@ def test_manual_revoke_requires_a_reason(stack: Stack) -> None:
     event = stack.audit("grant.revoked", key)[0]
     assert (event["reason"], event["note"]) == ("manual", "contractor left early")
     assert stack.cli("revoke", "no-such-grant", "--reason", "x").returncode == 1
-
-
-def test_two_concurrent_sweeps_revoke_each_expired_grant_once(stack: Stack) -> None:
-    count = 1000
-    names = [f"ctr_{stack.token}_b{i:04d}" for i in range(count)]
-    with psycopg.connect(stack.target_dsn, autocommit=True) as conn, conn.transaction():
-        for name in names:
-            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(stack.role),
-                                                        sql.Identifier(name)))
-    past = datetime.now(UTC) - timedelta(minutes=1)
-    ticket = f"jira:bulk-{stack.token}"
-    rows = [
-        {"id": str(uuid.uuid4()), "ticket_uid": ticket, "ticket_key": "BULK-1",
-         "policy": "warehouse-read", "policy_digest": "sha256:test", "target": "warehouse",
-         "role": stack.role, "principal": name, "approval_ref": "h1", "state": "active",
-         "starts_at": past - timedelta(hours=1), "expires_at": past, "created_at": past,
-         "granted_at": past, "updated_at": past,
-         "grant_key": store.grant_key(ticket_uid=ticket, policy="warehouse-read",
-                                      target="warehouse", role=stack.role, principal=name,
-                                      approval_ref="h1")}
-        for name in names
-    ]
-    with stack.runtime.ledger.tx() as conn:
-        conn.execute(insert(grants), rows)
-
-    errors: list[BaseException] = []
-
-    def sweeper() -> None:
-        runtime = Runtime(stack.settings, env=stack.env)
-        try:
-            while sweeps.run(runtime).expired:
-                pass
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            runtime.close()
-
-    threads = [threading.Thread(target=sweeper) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=240)
-    assert not errors
-    # (the stack's own beat may have joined in: still exactly once)
-    wait_for(lambda: all(g.state == "revoked" for g in stack.grants_of("BULK-1")),
-             timeout=60, what="all revoked")
-    events = stack.audit("grant.revoked", "BULK-1")
-    assert len(events) == count
-    assert len({e["grant_id"] for e in events}) == count
-    assert sum(e["outcome"] == "applied" for e in events) == count
-    with psycopg.connect(stack.target_dsn) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
-            "WHERE r.rolname = %s AND m.member IN (SELECT oid FROM pg_roles "
-            "WHERE rolname LIKE %s)", (stack.role, f"ctr_{stack.token}_b%"),
-        ).fetchone()
-    assert left == (0,)
 
 
 def test_permanent_grant_failure_is_recorded_once_without_retries(stack: Stack) -> None:

@@ -6,6 +6,11 @@ mapping, not a mock's idea of them. Shapes follow /work/shared/reference/formats
 §1.5/§1.9 and §3 (J1/J2). State is changed through the Python API (``create_issue``,
 ``transition`` …), which also returns the webhook payload Jira would send.
 
+JSM approvals: issues of ``service_desk`` projects are requests of the Service Desk API
+(``/rest/servicedeskapi/request/{idOrKey}/approval``, formats.md §1.7); approval steps
+are added and answered through ``add_jsm_approval`` / ``decide_jsm_approval``, which
+keep the issue's Approvals custom field in step, as JSM does.
+
 Search is Cloud's ``search/jql`` (token paging, the small JQL subset in ``_Jql``); the
 removed ``search`` answers 410 as Cloud does since CHANGE-2046.
 
@@ -62,6 +67,10 @@ _API = re.compile(r"^/rest/api/(?P<version>2|3|latest)(?P<rest>/.*)$")
 _ISSUE = re.compile(r"^/issue/(?P<ref>[^/]+)$")
 _CHANGELOG = re.compile(r"^/issue/(?P<ref>[^/]+)/changelog$")
 _COMMENT = re.compile(r"^/issue/(?P<ref>[^/]+)/comment$")
+_SD_APPROVALS = re.compile(
+    r"^/rest/servicedeskapi/request/(?P<ref>[^/]+)/approval(?:/(?P<approval>[^/]+))?$"
+)
+_SD_DECISIONS = {"approve": "approved", "decline": "declined"}
 _MAX_BODY = 1 << 20
 _SEARCH_GONE = (
     "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API."
@@ -135,6 +144,18 @@ class _Issue:
     resolution: dict[str, Any] | None = None
     histories: list[dict[str, Any]] = field(default_factory=list)
     comments: list[dict[str, Any]] = field(default_factory=list)
+    approvals: list[_JsmApproval] = field(default_factory=list)
+
+
+@dataclass
+class _JsmApproval:
+    id: str
+    name: str
+    approvers: list[dict[str, Any]]  # [{"approver": user, "approverDecision": ...}]
+    required: int
+    created: datetime
+    completed: datetime | None = None
+    final: str = "pending"
 
 
 class _Reply(Exception):
@@ -148,6 +169,12 @@ class _Reply(Exception):
 
 def _error(status: int, *messages: str) -> _Reply:
     return _Reply(status, {"errorMessages": list(messages), "errors": {}})
+
+
+def _sd_error(status: int, message: str) -> _Reply:
+    """The Service Desk API's own error shape (not Jira's ``errorMessages``)."""
+    return _Reply(status, {"errorMessage": message,
+                           "i18nErrorMessage": {"i18nKey": "sd.error", "parameters": []}})
 
 
 class JiraDouble:
@@ -168,6 +195,8 @@ class JiraDouble:
         self.embedded_changelog_max = embedded_changelog_max
         self.changelog_page_max = changelog_page_max
         self.search_page_max = 100  # Cloud allows more with few fields; small forces paging
+        self.approval_page_max = 50  # servicedeskapi's default limit; small forces paging
+        self.approvals_field_id = "customfield_10027"  # used unless one is registered
         self._tz = timezone(utc_offset)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
@@ -182,7 +211,10 @@ class JiraDouble:
         self._next_comment = 10500
         # Projects JQL may name; an unknown one makes Jira reject the whole query.
         self._projects: set[str] = {"OPS"}
-        self._fail: list[int] = []  # statuses of the next failing requests
+        self._project_types: dict[str, str] = {}  # key -> projectTypeKey (default software)
+        self._next_approval = 1
+        # (status, path prefix or None for any path) of the next failing requests
+        self._fail: list[tuple[int, str | None]] = []
         self._slow: list[float] = []
         self.down = False
         self.requests: list[RecordedRequest] = []
@@ -242,10 +274,11 @@ class JiraDouble:
 
     # ------------------------------------------------------------------ faults
 
-    def fail_next(self, n: int = 1, status: int = 503) -> None:
-        """Answer the next ``n`` requests (any path, before auth) with ``status``."""
+    def fail_next(self, n: int = 1, status: int = 503, *, path: str | None = None) -> None:
+        """Answer the next ``n`` requests (before auth) with ``status``; with ``path``,
+        only requests whose path starts with it (e.g. ``/rest/servicedeskapi/``)."""
         with self._lock:
-            self._fail.extend([status] * n)
+            self._fail.extend([(status, path)] * n)
 
     def slow_next(self, n: int = 1, seconds: float = 2.0) -> None:
         """Delay the next ``n`` requests, e.g. to trip a client read timeout."""
@@ -291,11 +324,16 @@ class JiraDouble:
         fields: Mapping[str, Any] | None = None,
         status: Status = TO_DO,
         summary: str | None = None,
+        project_type: str | None = None,
     ) -> str:
-        """Create an issue; returns its id."""
+        """Create an issue; returns its id. ``project_type`` (``software``,
+        ``service_desk``, ``business``) sets the project's type; projects are
+        ``software`` unless told otherwise."""
         with self._lock:
             if key in self._keys:
                 raise ValueError(f"issue {key} exists")
+            if project_type is not None:
+                self._project_types[project] = project_type
             issue_id = str(self._next_issue)
             self._next_issue += 1
             now = self._now()
@@ -427,6 +465,67 @@ class JiraDouble:
             self._projects.add(project)
             return self._change(issue, items, author, "issue_moved")
 
+    def add_jsm_approval(
+        self,
+        key: str,
+        name: str,
+        approvers: Iterable[Mapping[str, Any]],
+        *,
+        required: int = 1,
+    ) -> str:
+        """Open a JSM approval step on a service desk issue; returns its id. The step is
+        approved once ``required`` approvers approved, declined by any decline."""
+        with self._lock:
+            issue = self._issue(key)
+            if self._project_type(issue.project) != "service_desk":
+                raise ValueError(f"{key} is not in a service desk project")
+            people = [self._complete_user(a) for a in approvers]
+            if not people or not 1 <= required <= len(people):
+                raise ValueError("need approvers and 1 <= required <= len(approvers)")
+            approval = _JsmApproval(
+                id=str(self._next_approval),
+                name=name,
+                approvers=[{"approver": p, "approverDecision": "pending"} for p in people],
+                required=required,
+                created=self._now_dt(),
+            )
+            self._next_approval += 1
+            issue.approvals.append(approval)
+            self._sync_approvals_field(issue)
+            return approval.id
+
+    def decide_jsm_approval(
+        self, key: str, approval_id: str, approver_account_id: str, decision: str
+    ) -> None:
+        """Record ``approver_account_id``'s ``approve``/``decline`` on a pending step.
+        Like JSM, no webhook of its own: the workflow transition that follows is one."""
+        with self._lock:
+            issue = self._issue(key)
+            approval = next((a for a in issue.approvals if a.id == approval_id), None)
+            if approval is None:
+                raise KeyError(approval_id)
+            if decision not in _SD_DECISIONS:
+                raise ValueError("decision must be 'approve' or 'decline'")
+            if approval.final != "pending":
+                raise ValueError(f"approval {approval_id} is already {approval.final}")
+            entry = next(
+                (e for e in approval.approvers
+                 if e["approver"].get("accountId") == approver_account_id),
+                None,
+            )
+            if entry is None or entry["approverDecision"] != "pending":
+                raise ValueError(f"{approver_account_id} cannot answer approval {approval_id}")
+            entry["approverDecision"] = _SD_DECISIONS[decision]
+            decisions = [e["approverDecision"] for e in approval.approvers]
+            if "declined" in decisions:
+                approval.final = "declined"
+            elif decisions.count("approved") >= approval.required:
+                approval.final = "approved"
+            if approval.final != "pending":
+                approval.completed = self._now_dt()
+            issue.updated = self._now()
+            self._sync_approvals_field(issue)
+
     def add_comment(self, key: str, body: str) -> str:
         """Post a comment as the API user (as if added earlier); returns its id."""
         with self._lock:
@@ -480,6 +579,46 @@ class JiraDouble:
             out["emailAddress"] = user.email
         return out
 
+    def _project_type(self, project: str) -> str:
+        return self._project_types.get(project, "software")
+
+    def _sd_date(self, at: datetime) -> dict[str, Any]:
+        local = at.astimezone(self._tz)
+        return {
+            "iso8601": local.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "jira": _jira_time(local),
+            "friendly": local.strftime("%d/%b/%y %I:%M %p"),
+            "epochMillis": int(local.timestamp() * 1000),
+        }
+
+    def _approval_json(self, issue: _Issue, approval: _JsmApproval) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": approval.id,
+            "name": approval.name,
+            "finalDecision": approval.final,
+            # The API user is never an approver here.
+            "canAnswerApproval": False,
+            "approvers": copy.deepcopy(approval.approvers),
+            "createdDate": self._sd_date(approval.created),
+            "_links": {"self": f"{self._base()}/rest/servicedeskapi/request/{issue.id}"
+                               f"/approval/{approval.id}"},
+        }
+        if approval.completed is not None:
+            out["completedDate"] = self._sd_date(approval.completed)
+        return out
+
+    def _sync_approvals_field(self, issue: _Issue) -> None:
+        """Mirror the steps into the Approvals custom field, as JSM does (no changelog
+        entry: JSM maintains the field itself)."""
+        field_id = next(
+            (f for f, (_, kind) in sorted(self._fields.items()) if kind == SD_APPROVALS_TYPE),
+            None,
+        )
+        if field_id is None:
+            field_id = self.approvals_field_id
+            self._fields[field_id] = ("Approvals", SD_APPROVALS_TYPE)
+        issue.custom[field_id] = [self._approval_json(issue, a) for a in issue.approvals]
+
     def _complete_user(self, user: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(user)
         account_id = out.get("accountId")
@@ -519,7 +658,7 @@ class JiraDouble:
                 "id": self._project_id(issue.project),
                 "key": issue.project,
                 "name": issue.project,
-                "projectTypeKey": "service_desk",
+                "projectTypeKey": self._project_type(issue.project),
             },
             "reporter": copy.deepcopy(issue.reporter),
             "creator": copy.deepcopy(issue.reporter),
@@ -607,9 +746,14 @@ class JiraDouble:
 
     # ------------------------------------------------------------------ HTTP routing
 
-    def _take_fault(self) -> tuple[int | None, float]:
+    def _take_fault(self, path: str) -> tuple[int | None, float]:
         with self._lock:
-            status = self._fail.pop(0) if self._fail else None
+            status = None
+            for i, (code, prefix) in enumerate(self._fail):
+                if prefix is None or path.startswith(prefix):
+                    status = code
+                    del self._fail[i]
+                    break
             delay = self._slow.pop(0) if self._slow else 0.0
             return status, delay
 
@@ -627,11 +771,14 @@ class JiraDouble:
         return user if sep and ok_user and ok_token else None
 
     def _route(self, method: str, path: str, query: Mapping[str, list[str]], body: Any) -> Any:
+        q = {k: v[0] for k, v in query.items() if v}
+        if (sd := _SD_APPROVALS.match(path)) and method == "GET":
+            with self._lock:
+                return self._sd_approvals(sd["ref"], sd["approval"], q)
         match = _API.match(path)
         if match is None:
             raise _error(404, "No resource found for this path.")
         rest = match["rest"]
-        q = {k: v[0] for k, v in query.items() if v}
         if rest in ("/search", "/search/"):
             raise _error(410, _SEARCH_GONE)
         if rest == "/search/jql" and method in ("GET", "POST"):
@@ -735,6 +882,39 @@ class JiraDouble:
             raise _error(
                 404, "Issue does not exist or you do not have permission to see it."
             ) from None
+
+    def _sd_approvals(
+        self, ref: str, approval_id: str | None, q: Mapping[str, str]
+    ) -> dict[str, Any]:
+        issue = self._issues.get(self._keys.get(ref, ref))
+        # A non-JSM issue is no "request": the Service Desk API does not know it.
+        if issue is None or self._project_type(issue.project) != "service_desk":
+            raise _sd_error(404, "The request could not be found or you do not have "
+                                 "permission to view it.")
+        if approval_id is not None:
+            approval = next((a for a in issue.approvals if a.id == approval_id), None)
+            if approval is None:
+                raise _sd_error(404, "The approval could not be found.")
+            return self._approval_json(issue, approval)
+        try:
+            start = max(0, int(q.get("start", "0")))
+            limit = max(1, min(self.approval_page_max, int(q.get("limit", "50"))))
+        except ValueError:
+            raise _sd_error(400, "start and limit must be integers.") from None
+        values = [self._approval_json(issue, a) for a in issue.approvals[start : start + limit]]
+        base = f"{self._base()}/rest/servicedeskapi/request/{issue.id}/approval"
+        last = start + len(values) >= len(issue.approvals)
+        links: dict[str, str] = {
+            "base": self._base(),
+            "context": "",
+            "self": f"{base}?start={start}&limit={limit}",
+        }
+        if not last:
+            links["next"] = f"{base}?start={start + limit}&limit={limit}"
+        if start > 0:
+            links["prev"] = f"{base}?start={max(0, start - limit)}&limit={limit}"
+        return {"_expands": [], "size": len(values), "start": start, "limit": limit,
+                "isLastPage": last, "values": values, "_links": links}
 
     def _embedded_changelog(self, issue: _Issue) -> dict[str, Any]:
         page = issue.histories[: self.embedded_changelog_max]
@@ -1092,11 +1272,13 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        fault, delay = double._take_fault()
+        fault, delay = double._take_fault(parts.path)
         if delay:
             time.sleep(delay)
         try:
             if fault is not None:
+                if parts.path.startswith("/rest/servicedeskapi/"):
+                    raise _sd_error(fault, "Injected failure (double fault).")
                 raise _error(fault, "Service temporarily unavailable (double fault).")
             if auth_user is None:
                 raise _error(401, "Client must be authenticated to access this resource.")

@@ -137,6 +137,8 @@ grants = Table(
     Column("delivery_id", String(200)),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("revoke_note", String(500)),
+    Column("request_digest", String(64)),
+    Column("cap_note", String(500)),
     Index("ix_grants_ticket", "ticket_uid"),
     # Only live grants are indexed, so the expiry sweep costs what is due, not what exists.
     Index(

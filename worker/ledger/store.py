@@ -127,9 +127,27 @@ def ticket_grants(conn: Connection, uid: str) -> list[LedgerGrant]:
             principal=r.principal,
             approval_ref=r.approval_ref,
             state=r.state,
+            request_digest=r.request_digest,
         )
         for r in rows
     ]
+
+
+def principal_load(conn: Connection, pairs: set[tuple[str, str]], *, ticket_uid: str
+                   ) -> dict[str, int]:
+    """Live grants per (policy, principal) held through other tickets."""
+    out: dict[str, int] = {}
+    for policy, principal in pairs:
+        count = len(conn.execute(
+            select(grants.c.ticket_uid).where(
+                grants.c.policy == policy,
+                grants.c.principal == principal,
+                grants.c.ticket_uid != ticket_uid,
+                grants.c.state.in_(("pending", "active")),
+            ).distinct()
+        ).all())
+        out[f"{policy}\x1f{principal}"] = count
+    return out
 
 
 def grant_key(*, ticket_uid: str, policy: str, target: str, role: str, principal: str,

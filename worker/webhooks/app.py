@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +92,28 @@ class _Delivery:
     issue_type: str | None
 
 
+class _Bucket:
+    """Token bucket: ``rate`` requests per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 when a request may pass, else seconds until one may."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return 0.0
+            return (1 - self.tokens) / self.rate
+
+
 class _Listener:
     """The listener's handlers, over one runtime and one Celery app."""
 
@@ -107,6 +131,10 @@ class _Listener:
                 " refusing to accept unsigned webhooks"
             )
         self.policies = runtime.policies  # load (and validate) now, not on the first request
+        self.buckets = {
+            source: _Bucket(settings.rate_limit_per_source, settings.rate_limit_burst)
+            for source in ("jira", "servicenow")
+        }
 
     async def readyz(self) -> JSONResponse:
         problems: dict[str, str] = {}
@@ -132,6 +160,11 @@ class _Listener:
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _body(self, request: Request, source: str) -> bytes | JSONResponse:
+        wait = self.buckets[source].take()
+        if wait:
+            # Checked first: a flood must not cost us a body read or an HMAC each.
+            return _reject(429, "rate limited, retry later", source, request,
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
         cap = self.settings.max_body_bytes
         raw = await _read_capped(request, cap)
         if raw is None:
@@ -222,11 +255,59 @@ class _Listener:
         return JSONResponse({"status": "queued", "delivery": inbox_id}, 202)
 
 
+_JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+
+
+def _header(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": {"type": "string"}}
+
+
+def _answers(*extra: int) -> dict[str, Any]:
+    reasons = {
+        200: "duplicate delivery, or an event no policy covers",
+        202: "stored and queued (or held while the broker is down)",
+        400: "not a JSON object",
+        401: "missing or invalid signature",
+        413: "body too large",
+        415: "not application/json",
+        422: "JSON that does not fit the payload schema",
+        429: "rate limited; Retry-After says when to retry",
+        503: "the ledger is unreachable; retry later",
+    }
+    codes = sorted({200, 202, 400, 401, 413, 415, 429, 503, *extra})
+    return {str(code): {"description": reasons[code]} for code in codes}
+
+
+_JIRA_DOC: dict[str, Any] = {
+    "requestBody": {**_JSON_BODY, "description": "A Jira issue event (webhookEvent, issue, "
+                    "changelog), Cloud or Data Center shape."},
+    "parameters": [
+        _header("X-Hub-Signature", "sha256=<hex HMAC-SHA256(secret, raw body)>", required=True),
+        _header("X-Atlassian-Webhook-Identifier", "delivery id, unchanged across retries"),
+    ],
+    "responses": _answers(422),
+}
+_SERVICENOW_DOC: dict[str, Any] = {
+    "requestBody": {**_JSON_BODY, "description": "jitgate's ServiceNow contract: table, "
+                    "sys_id, sys_mod_count, sys_updated_on, record (raw values)."},
+    "parameters": [
+        _header("X-Jitgate-Event-Id", "<table>:<sys_id>:<sys_mod_count>", required=True),
+        _header("X-Jitgate-Timestamp", "epoch seconds, within the configured tolerance"),
+        _header("X-Jitgate-Signature",
+                "v1=<base64 HMAC-SHA256(secret, timestamp + '.' + raw body)>"),
+        _header("Authorization", "HTTP Basic, for senders that cannot sign (if configured)"),
+    ],
+    "responses": _answers(422),
+}
+
+
 def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
     """Build the listener. Refuses to start when no source has a webhook secret: an
     endpoint without one would have to accept unsigned deliveries."""
     listener = _Listener(runtime, celery)
-    app = FastAPI(title="jitgate webhook listener", version="1", docs_url=None, redoc_url=None)
+    app = FastAPI(title="jitgate webhook listener", version="1", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -234,9 +315,11 @@ def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
 
     app.add_api_route("/readyz", listener.readyz, methods=["GET"])
     app.add_api_route("/metrics", listener.metrics, methods=["GET"])
-    app.add_api_route("/webhooks/jira", listener.jira, methods=["POST"], status_code=202)
+    app.add_api_route("/webhooks/jira", listener.jira, methods=["POST"], status_code=202,
+                      openapi_extra=_JIRA_DOC, summary="Jira issue events")
     app.add_api_route("/webhooks/servicenow", listener.servicenow, methods=["POST"],
-                      status_code=202)
+                      status_code=202, openapi_extra=_SERVICENOW_DOC,
+                      summary="ServiceNow record events (jitgate's published contract)")
     return app
 
 

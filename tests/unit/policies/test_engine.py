@@ -236,7 +236,10 @@ def test_approved_by_allowed_user_grants_once() -> None:
         requester=REQUESTER,
         starts_at=T_APPROVED,
         expires_at=T_APPROVED + DURATION,
+        request_digest=grant.request_digest,
     )
+    assert len(grant.request_digest) == 64
+    assert grant.notes == ()
 
 
 @pytest.mark.parametrize(
