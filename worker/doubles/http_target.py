@@ -16,12 +16,12 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from connectors.http import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from worker.doubles._server import HttpDouble
 
 __all__ = ["HTTPTargetDouble", "TargetCall", "verify_signature"]
 
@@ -68,7 +68,7 @@ class _Fault:
     retry_after: str | None
 
 
-class HTTPTargetDouble:
+class HTTPTargetDouble(HttpDouble):
     """A small, thread-safe receiver. Use as a context manager or start()/stop().
 
     ``strict_principals``: grants to principals never added answer 404
@@ -94,58 +94,12 @@ class HTTPTargetDouble:
         self._seen: dict[str, tuple[int, dict[str, Any]]] = {}
         self._faults: deque[_Fault] = deque()
         self.requests: list[TargetCall] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> HTTPTargetDouble:
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                double._handle(self)
-
-            def do_POST(self) -> None:
-                double._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # keep test output clean
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        server = self._server
-        # A short poll keeps stop() quick (shutdown waits for the next poll).
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.05), daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> HTTPTargetDouble:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}{self._base_path}"
+        return f"http://127.0.0.1:{self.port}{self._base_path}"
 
     # -- state ----------------------------------------------------------------------
 
@@ -280,3 +234,17 @@ class HTTPTargetDouble:
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.double._handle(self)  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:
+        self.server.double._handle(self)  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # keep test output clean
+
+
+HTTPTargetDouble.handler = _Handler

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
+
+from worker.doubles._server import HttpDouble
 
 __all__ = [
     "CATEGORY_IDS",
@@ -177,7 +178,7 @@ def _sd_error(status: int, message: str) -> _Reply:
                            "i18nErrorMessage": {"i18nKey": "sd.error", "parameters": []}})
 
 
-class JiraDouble:
+class JiraDouble(HttpDouble):
     """A small, thread-safe Jira Cloud site. Use as a context manager or start()/stop()."""
 
     def __init__(
@@ -228,49 +229,6 @@ class JiraDouble:
         }
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> JiraDouble:
-        if self._server is not None:
-            return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.double = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> JiraDouble:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("JiraDouble is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ faults
 
@@ -1310,3 +1268,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Retry-After", "1")
         self.end_headers()
         self.wfile.write(data)
+
+
+JiraDouble.handler = _Handler

@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from worker.doubles._server import HttpDouble
 from worker.doubles.jira import RecordedRequest
 
 __all__ = [
@@ -343,7 +343,7 @@ def _compare(op: str, actual: str, wanted: str) -> bool:
     return actual != ""  # ISNOTEMPTY
 
 
-class ServiceNowDouble:
+class ServiceNowDouble(HttpDouble):
     """A small, thread-safe ServiceNow instance. Context manager, or start()/stop()."""
 
     def __init__(
@@ -371,49 +371,6 @@ class ServiceNowDouble:
         self.ignored_terms: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> ServiceNowDouble:
-        if self._server is not None:
-            return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.double = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> ServiceNowDouble:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("ServiceNowDouble is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def _base(self) -> str:
         # A request still in flight while stop() runs must not fail on the port.
@@ -1021,3 +978,6 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.end_headers()
             self.wfile.write(data)
+
+
+ServiceNowDouble.handler = _Handler
