@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Row, select, update
 from connectors.base import Identity, SessionTerminator, TicketRef, TicketSnapshot
 from connectors.errors import PermanentError, TicketNotFound, TransientError
 from policies.engine import Decision, Deny, Grant, Revoke, candidate_principals, decide
+from worker.faults import crash_point
 from worker.ledger import audit, store
 from worker.ledger.schema import comments
 from worker.runtime import Runtime
@@ -239,6 +240,10 @@ def apply_grant(rt: Runtime, grant_id: str) -> ApplyResult:
             result = _revoke(tx, row)
         else:
             result = ApplyResult(row.state)
+    if result.state in ("active", "revoked"):
+        # committed, task not yet acknowledged
+        crash_point(rt.settings.crash_dir, f"{'grant' if result.state == 'active' else 'revoke'}"
+                    ".after_commit")
     audit.emit(tx.emitted)
     result.comment_ids.extend(tx.comment_ids)
     for sibling in result.also:
@@ -257,9 +262,11 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
         return _revoke(tx, row, reason="expired")
     try:
         target = rt.target(row.target)
+        crash_point(rt.settings.crash_dir, "grant.before_target")
         outcome = target.grant(
             principal=row.principal, role=row.role, expires_at=store.latest_expiry(conn, row)
         )
+        crash_point(rt.settings.crash_dir, "grant.after_target")
     except TransientError as exc:
         attempts = row.attempts + 1
         delay = _backoff(rt, attempts)
@@ -303,7 +310,9 @@ def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
             outcome = "shared"  # another active ticket still needs this membership
         else:
             target = rt.target(row.target)
+            crash_point(rt.settings.crash_dir, "revoke.before_target")
             outcome = target.revoke(principal=row.principal, role=row.role).value
+            crash_point(rt.settings.crash_dir, "revoke.after_target")
             sessions = _end_sessions(tx, row, target)
     except (TransientError, PermanentError) as exc:
         # Fail safe: a revocation never gives up, it only becomes visible.

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     revoke_retry_max_backoff: float = Field(default=300.0, gt=0)
     revoke_alert_after: int = Field(default=5, ge=1)
 
+    # Fault injection for the test suite only (see worker/faults.py); unset in production.
+    crash_dir: Path | None = None
+
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
 

@@ -228,3 +228,10 @@ def test_revoke_ends_sessions_opened_before_it(stack: Stack) -> None:
     with pytest.raises(psycopg.OperationalError):
         session.execute("SELECT 1")
     session.close()
+
+
+def test_targets_check_reports_readiness(stack: Stack) -> None:
+    done = stack.cli("targets", "check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "warehouse: ok" in done.stdout
+    assert "warehouse-b: ok" in done.stdout

@@ -119,3 +119,10 @@ def test_flushed_broker_with_grants_pending_and_revoking_recovers_from_the_ledge
         assert len(stack.audit("grant.issued", key)) == 1
     for key in leaving_keys:
         assert len(stack.audit("grant.revoked", key)) == 1
+
+
+def test_targets_check_names_an_unreachable_target(stack: Stack, proxy: FaultProxy) -> None:
+    proxy.down()
+    done = stack.cli("targets", "check")
+    assert done.returncode == 1
+    assert "warehouse: not ready (unavailable)" in done.stdout

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Approval, Identity, StatusChange, TicketRef, TicketSnapshot
-from policies.engine import Decision, Deny, Grant, LedgerGrant, Revoke, decide
+from connectors.base import Approval, FieldChange, Identity, StatusChange, TicketRef, TicketSnapshot
+from policies.engine import Decision, Deny, Grant, LedgerGrant, Revoke, candidate_principals, decide
 from policies.loader import PolicySet
 from policies.model import Policy, TargetSpec
 
@@ -1021,3 +1021,89 @@ def test_decision_accessors_split_actions() -> None:
     assert all(isinstance(a, Deny) for a in decision.denials)
     assert len(decision.revokes) == 1
     assert len(decision.denials) == 1
+
+
+# =========================================================================== issue 5 rules
+
+
+def test_sponsor_may_not_approve() -> None:
+    policy = make_policy(approvers={"users": ["acc-approver"], "sponsor_field": "customfield_9"})
+    fields = dict(DEFAULT_FIELDS)
+    fields["customfield_9"] = {"accountId": APPROVER.source_id, "displayName": "Sponsor"}
+    denial = only_denial(run(ticket(fields=fields), policy_set=policies(policy)))
+    assert denial.rule == "sponsor_approved"
+
+    fields["customfield_9"] = {"accountId": "acc-someone-else"}
+    assert len(run(ticket(fields=fields), policy_set=policies(policy)).grants) == 1
+
+    del fields["customfield_9"]
+    assert only_denial(run(ticket(fields=fields), policy_set=policies(policy))).rule == (
+        "sponsor_missing"
+    )
+
+
+def test_per_principal_limit_counts_grants_held_through_other_tickets() -> None:
+    policy = make_policy(max_grants_per_principal=1)
+    snapshot = ticket()
+    pairs = candidate_principals(snapshot, policies(policy))
+    assert pairs == {("warehouse-read", "ctr_bob")}
+    free = decide(snapshot, [], policies(policy), NOW, principal_load={})
+    assert len(free.grants) == 1
+    busy = decide(snapshot, [], policies(policy), NOW,
+                  principal_load={"warehouse-read\x1fctr_bob": 1})
+    assert only_denial(busy).rule == "principal_limit_reached"
+
+
+def test_a_field_edit_after_the_approving_entry_voids_the_approval() -> None:
+    edit_after = FieldChange(history_id="101", field=PRINCIPAL_FIELD,
+                             at=T_APPROVED + timedelta(minutes=5))
+    edit_before = FieldChange(history_id="99", field=PRINCIPAL_FIELD,
+                              at=T_APPROVED - timedelta(minutes=5))
+    unrelated = FieldChange(history_id="102", field="labels",
+                            at=T_APPROVED + timedelta(minutes=6))
+    live = LedgerGrant(grant_id="g1", policy="warehouse-read", target="warehouse",
+                       role="analytics_ro", principal="ctr_bob", approval_ref="h100",
+                       state="active")
+
+    def with_changes(*changes: FieldChange) -> TicketSnapshot:
+        return ticket().model_copy(update={"field_changes": changes})
+
+    decision = run(with_changes(edit_after), ledger=[live])
+    assert only_denial(decision).rule == "request_changed_after_approval"
+    assert revokes(decision) == {("g1", "request_changed")}
+    assert run(with_changes(edit_before, unrelated), ledger=[live]).actions == ()
+
+
+def test_a_changed_request_digest_voids_the_approval() -> None:
+    first = run()
+    digest = first.grants[0].request_digest
+    live = LedgerGrant(grant_id="g1", policy="warehouse-read", target="warehouse",
+                       role="analytics_ro", principal="ctr_bob", approval_ref="h100",
+                       state="active", request_digest=digest)
+    assert run(ledger=[live]).actions == ()
+    changed = ticket(requester=Identity(source_id="acc-other", display="Someone else"))
+    decision = run(changed, ledger=[live])
+    assert only_denial(decision).rule == "request_changed_after_approval"
+
+
+@pytest.mark.parametrize(
+    ("asked", "hours", "cut"),
+    [("4h", 4, False), ("6", 6, False), ("72h", 24, True), ("2d", 24, True)],
+)
+def test_requested_duration_is_honoured_up_to_the_maximum(asked: str, hours: int,
+                                                          cut: bool) -> None:
+    policy = make_policy(duration_field="customfield_8")
+    fields = dict(DEFAULT_FIELDS)
+    fields["customfield_8"] = asked
+    grant = run(ticket(fields=fields), policy_set=policies(policy)).grants[0]
+    assert grant.expires_at - grant.starts_at == timedelta(hours=hours)
+    assert bool(grant.notes) == cut
+
+
+def test_unreadable_requested_duration_is_a_clear_denial() -> None:
+    policy = make_policy(duration_field="customfield_8")
+    fields = dict(DEFAULT_FIELDS)
+    fields["customfield_8"] = "forever"
+    assert only_denial(run(ticket(fields=fields), policy_set=policies(policy))).rule == (
+        "invalid_requested_duration"
+    )
