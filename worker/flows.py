@@ -139,6 +139,18 @@ def manual_revoke(rt: Runtime, grant_id: str, *, note: str) -> ApplyResult | Non
     return apply_grant(rt, grant_id)
 
 
+def defer_delivery(rt: Runtime, inbox_id: str, *, error: str) -> float:
+    """The source could not be read: record the attempt and when to try again.
+    Returns the delay for the caller's one follow-up (the sweep covers a lost one)."""
+    with rt.ledger.tx() as conn:
+        now = rt.ledger.now(conn)
+        attempts = store.delivery_attempts(conn, inbox_id) + 1
+        delay = _backoff(rt, attempts)
+        store.defer_delivery(conn, inbox_id, attempts=attempts, error=error[:200],
+                             retry_at=now + timedelta(seconds=delay))
+    return delay
+
+
 def fail_delivery(rt: Runtime, inbox_id: str, *, outcome: str) -> None:
     """Close a delivery that cannot be processed (source not configured, auth refused);
     the source poll picks the ticket up again once the configuration is fixed."""
@@ -360,26 +372,38 @@ def _end_sessions(tx: _Tx, row: Row[Any], target: Any) -> int | str | None:
         return f"failed:{exc.code}"
 
 
-def post_comment(rt: Runtime, comment_id: str) -> bool:
-    """Post an outbox comment on its ticket; idempotent through the marker."""
+def post_comment(rt: Runtime, comment_id: str) -> float | None:
+    """Post an outbox comment on its ticket; idempotent through the marker. Returns the
+    delay before the next try when the source was unreachable, else None."""
     ledger = rt.ledger
     with ledger.tx() as conn:
         row = conn.execute(select(comments).where(comments.c.id == comment_id)).first()
-    if row is None or row.posted_at is not None:
-        return False
+    if row is None or row.posted_at is not None or row.failed_at is not None:
+        return None
     ref = TicketRef(source=row.source, id=row.ticket_id, key=row.ticket_key, url=row.ticket_url)
+    values: dict[str, Any] = {"attempts": row.attempts + 1}
+    delay: float | None = None
+    refused = False
     try:
         rt.source(row.source).comment(ref, row.body, marker=row.marker)
+    except TransientError as exc:
+        delay = _backoff(rt, row.attempts + 1)
+        values.update(last_error=_error(exc))
+        log.warning("comment.retry", error=exc.code, retry_in=round(delay, 1))
     except PermanentError as exc:
-        with ledger.tx() as conn:
-            conn.execute(update(comments).where(comments.c.id == comment_id).values(
-                attempts=comments.c.attempts + 1, last_error=_error(exc)))
+        refused = True
+        values.update(last_error=_error(exc))
         log.warning("comment.failed", error=exc.code)
-        return False
     with ledger.tx() as conn:
-        conn.execute(update(comments).where(comments.c.id == comment_id).values(
-            posted_at=ledger.now(conn), attempts=comments.c.attempts + 1, last_error=None))
-    return True
+        now = ledger.now(conn)
+        if refused:
+            values["failed_at"] = now
+        elif delay is not None:
+            values["next_attempt_at"] = now + timedelta(seconds=delay)
+        else:
+            values.update(posted_at=now, last_error=None)
+        conn.execute(update(comments).where(comments.c.id == comment_id).values(**values))
+    return delay
 
 
 def _record(tx: _Tx, event: str, row: Row[Any], **extra: Any) -> None:

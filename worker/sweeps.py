@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 
 from worker import flows
 from worker.ledger import store
@@ -60,17 +60,30 @@ def run(rt: Runtime) -> SweepReport:
         report.redeliver = list(
             conn.execute(
                 select(inbox.c.id)
-                .where(inbox.c.processed_at.is_(None), inbox.c.received_at <= stuck)
+                .where(
+                    inbox.c.processed_at.is_(None),
+                    or_(
+                        and_(inbox.c.attempts == 0, inbox.c.received_at <= stuck),
+                        # deferred: its own follow-up is overdue (lost)
+                        and_(inbox.c.attempts > 0, inbox.c.next_attempt_at <= stuck),
+                    ),
+                )
                 .order_by(inbox.c.received_at)
-                .limit(100)
+                .limit(BATCH)
             ).scalars()
         )
         report.comment_ids = list(
             conn.execute(
                 select(comments.c.id)
-                .where(comments.c.posted_at.is_(None), comments.c.created_at <= stuck,
-                       comments.c.attempts < 50)
-                .limit(100)
+                .where(
+                    comments.c.posted_at.is_(None),
+                    comments.c.failed_at.is_(None),
+                    or_(
+                        and_(comments.c.attempts == 0, comments.c.created_at <= stuck),
+                        and_(comments.c.attempts > 0, comments.c.next_attempt_at <= stuck),
+                    ),
+                )
+                .limit(BATCH)
             ).scalars()
         )
     report.redriven = len(due)

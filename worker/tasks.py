@@ -6,7 +6,6 @@ the runtime, calls one function and fans out the follow-up work it reports.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import structlog
@@ -36,11 +35,6 @@ def bind(_app: Celery) -> None:
     """Tasks are shared; importing this module registers them on every app."""
 
 
-def _countdown(retries: int) -> float:
-    base = min(_MAX_COUNTDOWN, 2.0 ** (retries + 1))
-    return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter
-
-
 def _follow_up(comment_ids: list[str], retries: list[tuple[str, float]]) -> None:
     for comment_id in comment_ids:
         post_comment.delay(comment_id)
@@ -55,9 +49,12 @@ def process_event(self: Task[Any, Any], inbox_id: str) -> str:
     try:
         result = flows.process_event(rt, inbox_id)
     except TransientError as exc:
-        log.warning("event.retry", inbox_id=inbox_id, error=exc.code)
-        # Bounded here; the sweep re-drives deliveries that stay unprocessed.
-        raise self.retry(countdown=_countdown(self.request.retries), max_retries=6) from None
+        # One follow-up per failure, timed by the ledger's backoff; the sweep only steps
+        # in if that follow-up is lost. The delivery stays unprocessed until it works.
+        delay = flows.defer_delivery(rt, inbox_id, error=exc.code)
+        log.warning("event.retry", inbox_id=inbox_id, error=exc.code, retry_in=round(delay, 1))
+        process_event.apply_async((inbox_id,), countdown=min(delay, _MAX_COUNTDOWN))
+        return f"deferred:{exc.code}"
     except PermanentError as exc:
         flows.fail_delivery(rt, inbox_id, outcome=f"error:{exc.code}")
         log.error("event.failed", inbox_id=inbox_id, error=exc.code)
@@ -76,11 +73,13 @@ def apply_grant(self: Task[Any, Any], grant_id: str) -> str:
 
 
 @shared_task(bind=True, name="jitgate.post_comment")  # type: ignore[untyped-decorator]
-def post_comment(self: Task[Any, Any], comment_id: str) -> bool:
-    try:
-        return flows.post_comment(self.app.runtime, comment_id)
-    except TransientError:
-        raise self.retry(countdown=_countdown(self.request.retries), max_retries=8) from None
+def post_comment(self: Task[Any, Any], comment_id: str) -> str:
+    """Post one outbox comment; on an outage, one follow-up at the ledger's backoff."""
+    delay = flows.post_comment(self.app.runtime, comment_id)
+    if delay is None:
+        return "done"
+    post_comment.apply_async((comment_id,), countdown=min(delay, _MAX_COUNTDOWN))
+    return "deferred"
 
 
 @shared_task(bind=True, name="jitgate.sweep")  # type: ignore[untyped-decorator]

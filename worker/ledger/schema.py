@@ -96,6 +96,8 @@ inbox = Table(
     Column("processed_at", UTCDateTime),
     Column("outcome", String(64)),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", String(200)),
     Index("uq_inbox_delivery", "source", "delivery_key", unique=True),
     # Unfinished deliveries only: the re-drive sweep must not walk the history.
     Index(
@@ -196,6 +198,9 @@ comments = Table(
     Column("posted_at", UTCDateTime),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", String(200)),
+    Column("next_attempt_at", UTCDateTime),
+    # Set when the source refused it for good (ticket deleted, no permission).
+    Column("failed_at", UTCDateTime),
     Index(
         "ix_comments_unposted",
         "created_at",

@@ -66,6 +66,20 @@ def load_delivery(conn: Connection, inbox_id: str) -> Row[Any] | None:
     return conn.execute(select(inbox).where(inbox.c.id == inbox_id)).first()
 
 
+def delivery_attempts(conn: Connection, inbox_id: str) -> int:
+    value = conn.execute(select(inbox.c.attempts).where(inbox.c.id == inbox_id)).scalar()
+    return int(value or 0)
+
+
+def defer_delivery(conn: Connection, inbox_id: str, *, attempts: int, error: str,
+                   retry_at: datetime) -> None:
+    conn.execute(
+        update(inbox)
+        .where(inbox.c.id == inbox_id, inbox.c.processed_at.is_(None))
+        .values(attempts=attempts, last_error=error, next_attempt_at=retry_at)
+    )
+
+
 def finish_delivery(conn: Connection, inbox_id: str, *, outcome: str, now: datetime) -> None:
     conn.execute(
         update(inbox)
@@ -292,8 +306,19 @@ def due_work(conn: Connection, *, now: datetime, stuck_after: timedelta,
         .where(
             grants.c.state.in_(("pending", "revoking", "revoke_failed")),
             or_(
-                grants.c.next_attempt_at <= now,
-                and_(grants.c.next_attempt_at.is_(None), grants.c.updated_at <= stuck),
+                # Not tried yet: due at its time (a window opening, or an inline attempt
+                # that a dead worker never made).
+                and_(
+                    grants.c.attempts == 0,
+                    or_(
+                        grants.c.next_attempt_at <= now,
+                        and_(grants.c.next_attempt_at.is_(None), grants.c.updated_at <= stuck),
+                    ),
+                ),
+                # Retrying: its own countdown chain runs it; step in only when that chain
+                # is overdue (lost with a flushed broker or a killed worker), so a long
+                # outage never multiplies retries.
+                and_(grants.c.attempts > 0, grants.c.next_attempt_at <= stuck),
             ),
             grants.c.starts_at <= now,
         )
