@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -304,6 +305,39 @@ def reconcile() -> None:
                            "unreachable": drift.unreachable}))
 
 
+@main.command()
+@click.option("--source", type=click.Choice(["jira", "servicenow"]), default="jira",
+              show_default=True)
+@click.option("--ticket", "ticket_id", help="Issue key/id, or ServiceNow table/sys_id.")
+@click.option("--payload", type=click.File("rb"),
+              help="A ticket snapshot as JSON (instead of reading the source).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def explain(source: str, ticket_id: str | None, payload: Any, as_json: bool) -> None:
+    """Show which policy matches a ticket, who may approve, what would be granted and for
+    how long, or why not. Changes nothing."""
+    from connectors.base import TicketSnapshot  # noqa: PLC0415
+    from connectors.errors import ConnectorError  # noqa: PLC0415
+    from worker.explain import explain as run_explain  # noqa: PLC0415
+    from worker.explain import render  # noqa: PLC0415
+
+    if (ticket_id is None) == (payload is None):
+        _fail("give --ticket or --payload")
+    runtime = Runtime(_settings())
+    try:
+        if payload is not None:
+            snapshot = TicketSnapshot.model_validate_json(payload.read())
+        else:
+            snapshot = runtime.source(source).fetch(str(ticket_id))
+        report = run_explain(runtime, snapshot)
+    except ValidationError as exc:
+        _fail(f"--payload is not a ticket snapshot ({exc.error_count()} errors)")
+    except ConnectorError as exc:
+        _fail(f"cannot read the ticket: {exc}", 1)
+    except (ConfigError, PolicyLoadError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
 @main.group()
 def targets() -> None:
     """Grant targets."""
@@ -355,14 +389,25 @@ def audit_verify() -> None:
 
 
 @audit.command("export")
-def audit_export() -> None:
-    """Print every audit event as JSON lines (oldest first)."""
+@click.option("--since", type=click.DateTime(), help="Events at or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Events before (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "ocsf"]), default="jsonl",
+              show_default=True)
+def audit_export(since: datetime | None, until: datetime | None, fmt: str) -> None:
+    """Print audit events, oldest first, one JSON object per line."""
     from worker.ledger.schema import audit_events  # noqa: PLC0415
+    from worker.ocsf import to_ocsf  # noqa: PLC0415
 
     runtime = Runtime(_settings())
+    stmt = select(audit_events).order_by(audit_events.c.seq)
+    if since is not None:
+        stmt = stmt.where(audit_events.c.ts >= since.replace(tzinfo=UTC))
+    if until is not None:
+        stmt = stmt.where(audit_events.c.ts < until.replace(tzinfo=UTC))
     with runtime.ledger.tx() as conn:
-        for row in conn.execute(select(audit_events).order_by(audit_events.c.seq)):
-            click.echo(json.dumps({**json.loads(row.payload), "hash": row.hash}))
+        for row in conn.execute(stmt):
+            event = {**json.loads(row.payload), "hash": row.hash}
+            click.echo(json.dumps(to_ocsf(event) if fmt == "ocsf" else event))
 
 
 @main.command()

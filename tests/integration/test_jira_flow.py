@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -150,3 +152,31 @@ def test_grant_expires_through_the_sweep(stack: Stack) -> None:
     wait_for(lambda: stack.pending_deliveries() == 0, what="deliveries processed")
     assert [g.state for g in stack.grants_of(key)] == ["revoked"]
     assert not stack.is_member(principal)
+
+
+def test_explain_shows_the_decision_without_acting(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.jira.transition(key, APPROVED, author=stack.approver)  # no webhook: nothing acts
+    done = stack.cli("explain", "--source", "jira", "--ticket", key)
+    assert done.returncode == 0, done.stderr
+    assert "policy warehouse-read: matches; the ticket is approved" in done.stdout
+    assert f"→ would grant {stack.role} on warehouse to {principal}" in done.stdout
+    assert "policy warehouse-snow" not in done.stdout  # other sources are not listed
+    assert stack.grants_of(key) == []
+    assert not stack.is_member(principal)
+
+    stranger = stack.jira.add_user("712020:someone", "Someone")
+    other = f"OPS-{uuid.uuid4().int % 10**6}"
+    stack.jira.create_issue(other, project="HR", reporter=stack.requester)
+    stack.jira.transition(other, APPROVED, author=stranger)
+    done = stack.cli("explain", "--ticket", other, "--json")
+    report = json.loads(done.stdout)
+    assert report["ignored"] == "no policy covers this ticket"
+    assert report["actions"] == []
+    assert all(not p["in_scope"] for p in report["policies"])
+
+    denied = stack.new_ticket(principal=principal)
+    stack.jira.transition(denied, APPROVED, author=stranger)
+    done = stack.cli("explain", "--ticket", denied)
+    assert "→ would deny (approver_not_allowed)" in done.stdout

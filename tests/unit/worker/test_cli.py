@@ -358,3 +358,27 @@ def test_web_refuses_to_start_without_a_webhook_secret(
     result = CliRunner().invoke(main, ["web"])
     assert result.exit_code == 2
     assert "JITGATE_JIRA_WEBHOOK_SECRET is not set" in result.output
+
+
+def test_audit_export_window_and_ocsf(ledger: Ledger) -> None:
+    stored = _fill(ledger, 3, role="analytics_ro", target="warehouse",
+                   approver={"id": "acc-1", "display": "Jane"})
+    since = (T0 + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")
+    until = (T0 + timedelta(minutes=3)).strftime("%Y-%m-%d %H:%M:%S")
+    windowed = _run("audit", "export", "--since", since, "--until", until)
+    assert [json.loads(line)["seq"] for line in windowed.stdout.splitlines()] == [2]
+
+    ocsf = _run("audit", "export", "--format", "ocsf")
+    assert ocsf.exit_code == 0, ocsf.output
+    records = [json.loads(line) for line in ocsf.stdout.splitlines()]
+    assert len(records) == len(stored)
+    first = records[0]
+    assert (first["class_uid"], first["activity_id"], first["type_uid"]) == (3005, 1, 300501)
+    assert first["category_uid"] == 3
+    assert first["status"] == "Success"
+    assert first["user"] == {"name": "ctr_bob"}
+    assert first["privileges"] == ["analytics_ro"]
+    assert first["actor"]["user"]["uid"] == "acc-1"
+    assert first["metadata"]["uid"] == "k1"
+    assert first["unmapped"]["hash"] == stored[0]["hash"]
+    assert first["time"] == int((T0 + timedelta(minutes=1)).timestamp() * 1000)
