@@ -126,3 +126,19 @@ def test_targets_check_names_an_unreachable_target(stack: Stack, proxy: FaultPro
     done = stack.cli("targets", "check")
     assert done.returncode == 1
     assert "warehouse: not ready (unavailable)" in done.stdout
+
+
+def test_readiness_names_an_unreachable_target(stack: Stack, proxy: FaultProxy) -> None:
+    from starlette.testclient import TestClient
+
+    from worker.celery_app import create_celery
+    from worker.runtime import Runtime
+    from worker.webhooks.app import create_app
+
+    proxy.down()
+    client = TestClient(create_app(Runtime(stack.settings, env=stack.env),
+                                   create_celery(stack.settings)))
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["problems"] == {"target:warehouse": "unavailable",
+                                        "target:warehouse-b": "unavailable"}

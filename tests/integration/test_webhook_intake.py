@@ -134,3 +134,18 @@ def test_health_endpoints(stack: Stack) -> None:
     ready = stack.client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["ready"] is True
+
+
+def test_readiness_reports_a_stopped_broker(stack: Stack) -> None:
+    from starlette.testclient import TestClient
+
+    from worker.celery_app import create_celery
+    from worker.runtime import Runtime
+    from worker.webhooks.app import create_app
+
+    settings = stack.settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"})
+    client = TestClient(create_app(Runtime(settings, env=stack.env), create_celery(settings)))
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert set(ready.json()["problems"]) == {"broker"}
+    assert client.get("/healthz").status_code == 200  # alive, just not ready

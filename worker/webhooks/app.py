@@ -21,8 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
-from connectors.errors import WebhookParseError
+from connectors.errors import ConnectorError, WebhookParseError
 from connectors.jira.webhook import parse_jira_webhook
 from connectors.servicenow.webhook import parse_servicenow_webhook, verify_servicenow
 from worker.celery_app import JitgateCelery
@@ -131,13 +132,35 @@ class _Listener:
                 " refusing to accept unsigned webhooks"
             )
         self.policies = runtime.policies  # load (and validate) now, not on the first request
+        self._checked_at = -1e9
+        self._dependency_problems: dict[str, str] = {}
         self.buckets = {
             source: _Bucket(settings.rate_limit_per_source, settings.rate_limit_burst)
             for source in ("jira", "servicenow")
         }
 
-    async def readyz(self) -> JSONResponse:
+    def _dependencies(self) -> dict[str, str]:
+        """Sources and targets that cannot be reached, checked at most every 30 s so a
+        readiness probe does not become load on Jira or the databases."""
+        now = time.monotonic()
+        if now - self._checked_at < 30:
+            return self._dependency_problems
         problems: dict[str, str] = {}
+        for kind in self.runtime.configured_sources():
+            try:
+                self.runtime.source(kind).check()
+            except ConnectorError as exc:
+                problems[f"source:{kind}"] = exc.code
+        for name in self.policies.targets:
+            try:
+                self.runtime.target(name).check()
+            except (ConnectorError, ConfigError) as exc:
+                problems[f"target:{name}"] = getattr(exc, "code", "misconfigured")
+        self._checked_at, self._dependency_problems = now, problems
+        return problems
+
+    async def readyz(self) -> JSONResponse:
+        problems: dict[str, str] = dict(await run_in_threadpool(self._dependencies))
         try:
             with self.runtime.ledger.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
