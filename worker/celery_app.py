@@ -8,10 +8,19 @@ exactly-once: the ledger and idempotent connectors make repeats harmless.
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+)
 
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -77,6 +86,32 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
 @setup_logging.connect  # type: ignore[untyped-decorator]
 def _keep_our_logging(**_: Any) -> None:
     """Celery must not install its own handlers; worker.log configured them."""
+
+
+HEARTBEAT_EVERY = 10.0
+
+
+def heartbeat_path(settings: Settings, hostname: str) -> Path:
+    return settings.data_dir.resolve() / f"worker-{hostname}.heartbeat"
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Touch a file from the worker's main process, so a liveness probe can tell a dead
+    worker from a busy one (a long task keeps the pool busy, not the main process)."""
+    from celery import current_app  # noqa: PLC0415
+
+    if not isinstance(current_app, JitgateCelery):
+        return
+    path = heartbeat_path(current_app.jitgate_settings, getattr(sender, "hostname", "worker"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def beat() -> None:
+        while True:
+            path.touch()
+            time.sleep(HEARTBEAT_EVERY)
+
+    threading.Thread(target=beat, name="jitgate-heartbeat", daemon=True).start()
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -338,6 +338,82 @@ def explain(source: str, ticket_id: str | None, payload: Any, as_json: bool) -> 
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Queue depth, grants by state, the oldest revoke_failed, the last poll per source."""
+    from kombu.exceptions import ChannelError  # noqa: PLC0415
+    from sqlalchemy import func  # noqa: PLC0415
+
+    from worker.celery_app import QUEUE, create_celery  # noqa: PLC0415
+    from worker.ledger.schema import comments, grants, inbox, poll_state  # noqa: PLC0415
+
+    settings = _settings()
+    runtime = Runtime(settings)
+    report: dict[str, Any] = {}
+    try:
+        app = create_celery(settings)
+        with app.connection_for_read() as conn:
+            try:
+                declared = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+                report["queue_depth"] = int(declared.message_count)
+            except ChannelError:
+                report["queue_depth"] = 0  # Redis drops an empty queue's key entirely
+    except Exception as exc:  # noqa: BLE001 - any broker failure is reported, not raised
+        report["queue_depth"] = f"unavailable ({exc.__class__.__name__})"
+    with runtime.ledger.tx() as conn:
+        now = runtime.ledger.now(conn)
+        report["grants"] = {str(row[0]): int(row[1]) for row in conn.execute(
+            select(grants.c.state, func.count()).group_by(grants.c.state))}
+        oldest = conn.execute(
+            select(grants.c.id, grants.c.updated_at, grants.c.last_error, grants.c.attempts)
+            .where(grants.c.state == "revoke_failed").order_by(grants.c.updated_at).limit(1)
+        ).first()
+        report["oldest_revoke_failed"] = None if oldest is None else {
+            "grant_id": oldest.id, "attempts": oldest.attempts, "error": oldest.last_error,
+            "seconds_since_last_attempt": int((now - oldest.updated_at).total_seconds())}
+        report["polls"] = {
+            row.source: {"last_poll_at": row.last_poll_at.isoformat() if row.last_poll_at
+                         else None, "error": row.last_error}
+            for row in conn.execute(select(poll_state))}
+        report["deliveries_unprocessed"] = conn.execute(
+            select(func.count()).where(inbox.c.processed_at.is_(None))).scalar_one()
+        report["comments_unposted"] = conn.execute(select(func.count()).where(
+            comments.c.posted_at.is_(None), comments.c.failed_at.is_(None))).scalar_one()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"queue depth: {report['queue_depth']}")
+    click.echo("grants: " + (", ".join(f"{k} {v}" for k, v in sorted(report["grants"].items()))
+                              or "none"))
+    failed = report["oldest_revoke_failed"]
+    click.echo("oldest revoke_failed: " + ("none" if failed is None else
+               f"{failed['grant_id']} ({failed['attempts']} attempts, {failed['error']})"))
+    for source, poll in sorted(report["polls"].items()):
+        click.echo(f"last poll {source}: {poll['last_poll_at']}"
+                   + (f" (error {poll['error']})" if poll["error"] else ""))
+    click.echo(f"deliveries waiting: {report['deliveries_unprocessed']}; comments waiting: "
+               f"{report['comments_unposted']}")
+
+
+@main.command()
+@click.option("--max-age", default=60.0, show_default=True, help="Seconds.")
+def alive(max_age: float) -> None:
+    """Liveness probe for a worker: exit 0 when this host's worker heartbeat is fresh."""
+    import socket  # noqa: PLC0415
+
+    from worker.celery_app import heartbeat_path  # noqa: PLC0415
+
+    path = heartbeat_path(_settings(), f"celery@{socket.gethostname()}")
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        _fail(f"no heartbeat at {path}", 1)
+    if age > max_age:
+        _fail(f"heartbeat is {age:.0f}s old", 1)
+    click.echo(f"alive ({age:.0f}s)")
+
+
 @main.group()
 def targets() -> None:
     """Grant targets."""

@@ -3,6 +3,7 @@ manual revoke, and racing sweeps — with real worker and beat processes."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -235,3 +236,22 @@ def test_targets_check_reports_readiness(stack: Stack) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warehouse: ok" in done.stdout
     assert "warehouse-b: ok" in done.stdout
+
+
+def test_status_and_worker_liveness(stack: Stack) -> None:
+    principal = stack.create_principal()
+    key = stack.new_ticket(principal=principal)
+    stack.transition(key, APPROVED)
+    _active(stack, key)
+    done = stack.cli("status", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["grants"]["active"] >= 1
+    assert isinstance(report["queue_depth"], int)
+    assert "oldest_revoke_failed" in report
+    human = stack.cli("status")
+    assert "grants:" in human.stdout and "queue depth:" in human.stdout
+    alive = stack.cli("alive")
+    assert alive.returncode == 0, alive.stderr
+    stale = stack.cli("alive", "--max-age", "0")
+    assert stale.returncode == 1
