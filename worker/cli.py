@@ -77,7 +77,7 @@ def up(with_beat: bool) -> None:
             f"(ledger {settings.ledger_url.split('///')[-1]}); Ctrl-C stops it.",
             err=True,
         )
-        _wait(children)
+        _supervise(children, commands, env)
     finally:
         for child in children:
             if child.poll() is None:
@@ -91,7 +91,10 @@ def up(with_beat: bool) -> None:
             embedded.shutdown()
 
 
-def _wait(children: Sequence[subprocess.Popen[bytes]]) -> None:
+def _supervise(children: list[subprocess.Popen[bytes]], commands: Sequence[list[str]],
+               env: dict[str, str]) -> None:
+    """Restart a part that exits (a worker can die when its broker vanishes), like
+    systemd's Restart=always, until SIGTERM or Ctrl-C."""
     stop = False
 
     def _stop(*_: Any) -> None:
@@ -101,10 +104,17 @@ def _wait(children: Sequence[subprocess.Popen[bytes]]) -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         while not stop:
-            for child in children:
-                if child.poll() is not None:
-                    click.echo(f"jitgate: a process exited with {child.returncode}", err=True)
-                    return
+            for index, child in enumerate(children):
+                if child.poll() is not None and not stop:
+                    if child.returncode == 2:  # a configuration error: restarting won't help
+                        click.echo(f"jitgate: `{' '.join(commands[index])}` refused to start; "
+                                   "stopping", err=True)
+                        return
+                    click.echo(f"jitgate: `{' '.join(commands[index])}` exited with "
+                               f"{child.returncode}; restarting it", err=True)
+                    time.sleep(1)
+                    children[index] = subprocess.Popen(  # noqa: S603
+                        [sys.executable, "-m", "worker", *commands[index]], env=env)
             time.sleep(0.5)
     except KeyboardInterrupt:
         return

@@ -78,6 +78,11 @@ class FaultProxy:
         self._pairs: set[_Pair] = set()
         self._up = True
         self._stopped = False
+        # Slow or frozen wire (T06): each forwarded chunk waits ``latency`` seconds and,
+        # while paused, until resume(). Connections stay open; nothing times out here.
+        self.latency = 0.0
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -102,11 +107,24 @@ class FaultProxy:
         with self._lock:
             return len(self._pairs)
 
+    @property
+    def is_paused(self) -> bool:
+        return not self._flowing.is_set()
+
+    def pause(self) -> None:
+        """Freeze the wire: connections stay open, but no byte is forwarded (either
+        way) until resume(). A client without a read timeout waits indefinitely."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def down(self) -> None:
         """Drop every open connection; new ones are reset as soon as they arrive."""
         with self._lock:
             self._up = False
             pairs = list(self._pairs)
+        self._flowing.set()  # frozen pumps must wake up to notice the drop
         for pair in pairs:
             pair.kill()
 
@@ -198,6 +216,9 @@ class FaultProxy:
                 data = src.recv(_CHUNK)
                 if not data:
                     break
+                if self.latency:
+                    time.sleep(self.latency)
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
