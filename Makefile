@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint clean
+.PHONY: install run test unit lint clean bench bench-smoke soak
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "jitgate needs Python >= 3.11 (set PY=/path/to/python3.11)"; exit 2; }
@@ -33,5 +33,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check worker connectors policies tests
 	$(BIN)/mypy
 
+# Benchmarks against the machine's Redis/PostgreSQL/RabbitMQ (bench/common.py: JITGATE_BENCH_*);
+# writes bench/results/latest.{json,md}. JITGATE_BENCH_SCALE scales the sizes (default 1.0).
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# The same harness with tiny sizes (seconds); writes bench/results/smoke.{json,md}.
+bench-smoke: $(STAMP)
+	JITGATE_BENCH_SCALE=$${JITGATE_BENCH_SCALE:-0.01} $(BIN)/python -m bench --smoke
+
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache
+
+# Soak (not in make test): JITGATE_SOAK_TICKETS tickets (default 10000) through approve →
+# close on the real stack with random faults; writes bench/results/soak.json, fails on any
+# lost or duplicated effect.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak

@@ -1,0 +1,1 @@
+"""jitgate benchmark harness (``make bench``); not part of the importable product."""
