@@ -77,9 +77,9 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
         },
         include=["worker.tasks"],
     )
-    import worker.tasks  # noqa: PLC0415 - registers the tasks on this app
+    # Shared tasks: importing the module registers them on every app.
+    import worker.tasks  # noqa: F401, PLC0415
 
-    worker.tasks.bind(app)
     return app
 
 

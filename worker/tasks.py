@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from celery import Celery, Task, shared_task
+from celery import Task, shared_task
 
 from connectors.errors import PermanentError, TransientError
 from worker import flows, reconcile, sweeps
 
 __all__ = [
     "apply_grant",
-    "bind",
     "poll_sources",
     "post_comment",
     "process_event",
@@ -29,10 +28,6 @@ log = structlog.get_logger("jitgate.tasks")
 # Short countdowns only (well below the visibility timeout); long waits belong to the
 # ledger's next_attempt_at, which the sweep honours.
 _MAX_COUNTDOWN = 300.0
-
-
-def bind(_app: Celery) -> None:
-    """Tasks are shared; importing this module registers them on every app."""
 
 
 def _follow_up(comment_ids: list[str], retries: list[tuple[str, float]]) -> None:
