@@ -8,10 +8,11 @@ split the work between them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import Connection, Table, and_, delete, or_, select, update
 
 from worker import flows
 from worker.ledger import store
@@ -57,9 +58,9 @@ def run(rt: Runtime) -> SweepReport:
         due = [g for g in store.due_work(conn, now=now, stuck_after=rt.stuck_after, limit=BATCH)
                if g not in expired]
         stuck = now - rt.stuck_after
-        report.redeliver = list(
+        report.redeliver = _claim(conn, inbox, now, rt.stuck_after, list(
             conn.execute(
-                select(inbox.c.id)
+                select(inbox.c.id, inbox.c.attempts)
                 .where(
                     inbox.c.processed_at.is_(None),
                     or_(
@@ -70,11 +71,11 @@ def run(rt: Runtime) -> SweepReport:
                 )
                 .order_by(inbox.c.received_at)
                 .limit(BATCH)
-            ).scalars()
-        )
-        report.comment_ids = list(
+            )
+        ))
+        report.comment_ids = _claim(conn, comments, now, rt.stuck_after, list(
             conn.execute(
-                select(comments.c.id)
+                select(comments.c.id, comments.c.attempts)
                 .where(
                     comments.c.posted_at.is_(None),
                     comments.c.failed_at.is_(None),
@@ -84,8 +85,8 @@ def run(rt: Runtime) -> SweepReport:
                     ),
                 )
                 .limit(BATCH)
-            ).scalars()
-        )
+            )
+        ))
     report.redriven = len(due)
     _forget_old_deliveries(rt)
     for grant_id in [*expired, *due]:
@@ -157,3 +158,15 @@ def _forget_old_deliveries(rt: Runtime) -> None:
             inbox.c.processed_at.is_not(None), inbox.c.received_at < cutoff
         ).limit(BATCH)
         conn.execute(delete(inbox).where(inbox.c.id.in_(old.scalar_subquery())))
+
+
+def _claim(conn: Connection, table: Table, now: datetime, stuck: timedelta,
+           rows: list[Any]) -> list[str]:
+    """Mark rows the sweep re-publishes as having a follow-up in flight, due again only
+    after a growing wait: behind a long queue, a row waiting its turn is re-published
+    O(log n) times, not once per sweep (which would grow the queue it waits in)."""
+    for row in rows:
+        wait = stuck * (2 ** min(int(row.attempts), 6))
+        conn.execute(update(table).where(table.c.id == row.id).values(
+            attempts=table.c.attempts + 1, next_attempt_at=now + wait))
+    return [str(row.id) for row in rows]
