@@ -71,6 +71,7 @@ def run(rt: Runtime) -> SweepReport:
                 )
                 .order_by(inbox.c.received_at)
                 .limit(BATCH)
+                .with_for_update(skip_locked=ledger.is_postgres)
             )
         ))
         report.comment_ids = _claim(conn, comments, now, rt.stuck_after, list(
@@ -85,6 +86,7 @@ def run(rt: Runtime) -> SweepReport:
                     ),
                 )
                 .limit(BATCH)
+                .with_for_update(skip_locked=ledger.is_postgres)
             )
         ))
     report.redriven = len(due)
