@@ -68,12 +68,16 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
         task_time_limit=settings.task_time_limit,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        # A periodic message older than its period is dropped (the next one is on its way):
+        # under load, sweeps must not pile up in the queue ahead of ticket events.
         beat_schedule={
-            "sweep": {"task": "jitgate.sweep", "schedule": settings.sweep_interval},
-            "poll-sources": {"task": "jitgate.poll_sources",
-                             "schedule": settings.poll_interval},
+            "sweep": {"task": "jitgate.sweep", "schedule": settings.sweep_interval,
+                      "options": {"expires": settings.sweep_interval}},
+            "poll-sources": {"task": "jitgate.poll_sources", "schedule": settings.poll_interval,
+                             "options": {"expires": settings.poll_interval}},
             "reconcile-targets": {"task": "jitgate.reconcile_targets",
-                                  "schedule": settings.drift_interval},
+                                  "schedule": settings.drift_interval,
+                                  "options": {"expires": settings.drift_interval}},
         },
         include=["worker.tasks"],
     )
