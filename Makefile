@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint clean bench bench-smoke soak
+.PHONY: install run test unit lint clean bench bench-smoke soak demo
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "jitgate needs Python >= 3.11 (set PY=/path/to/python3.11)"; exit 2; }
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/jitgate up
+
+# The scripted story on embedded PostgreSQL/Redis and the Jira/ServiceNow doubles (~20 s).
+demo: $(STAMP)
+	$(BIN)/jitgate demo
 
 # Integration tests start real Celery worker processes; xdist spreads modules over the cores.
 test: $(STAMP)

@@ -74,8 +74,8 @@ def evaluate(r: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
     if "sizes" in sc:
         sizes = sc["sizes"]
         for s in sizes:
-            rows.append(_row(f"Sweep: select+mark {s['expired']:,} expired among "
-                             f"{s['active_rows']:,} active (`_expire` until empty)",
+            rows.append(_row(f"Sweep: revoke {s['expired']:,} expired among "
+                             f"{s['active_rows']:,} active (expiry sweep until empty)",
                              s["select_mark_all_ms"], "ms", s["select_only_ms"],
                              "the SELECT alone (EXPLAIN ANALYZE), ms", "info", None))
         ratio = sc["ratio_big_small"]
@@ -201,8 +201,9 @@ def markdown(r: dict[str, Any], cfg: Config) -> str:
               f"`JITGATE_SWEEP_INTERVAL={cfg.sweep_interval:g}`; all expiries moved to one "
               "instant with one UPDATE; the target's member count is polled every 0.25 s.",
               "* Sweep cost: scratch ledger built by COPY in steps, `VACUUM ANALYZE` after each "
-              "load; `worker.sweeps._expire` called until it returns nothing (BATCH=500 per "
-              "call); median of reps.",
+              "load; `worker.flows.revoke_batch(expired=100)` (the sweep's expiry step: "
+              "select, batched revoke on a PostgreSQL target, ledger writes) called until it "
+              "selects nothing; median of reps.",
               ""]
     lines += ["## Scale-out and brokers", ""]
     lines += scale_note(r) or ["* not run"]

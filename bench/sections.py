@@ -522,7 +522,8 @@ def _profile_sweep(cfg: Config, stack: Stack, ledger: str, role: str,
 
 
 def sweep_cost(cfg: Config) -> dict[str, Any]:
-    from worker import sweeps
+    from bench.stack import APPROVER_ID, POLICY
+    from worker import flows, sweeps
     from worker.runtime import Runtime
     from worker.settings import Settings
 
@@ -533,7 +534,12 @@ def sweep_cost(cfg: Config) -> dict[str, Any]:
     name = f"{cfg.prefix}_sweep"
     url = create_database(cfg.pg_url, name)
     migrate_ledger(url)
-    rt = Runtime(Settings(database_url=url), env={})
+    # The real expiry path: revoke_batch against a PostgreSQL target (the principals do
+    # not exist there, so each revoke is the batched state query and nothing else).
+    policy = cfg.work / "sweep-policy.yaml"
+    policy.write_text(POLICY.format(approver=APPROVER_ID, role="analytics_ro"))
+    rt = Runtime(Settings(database_url=url, policy_path=policy),
+                 env={"JG_BENCH_TARGET_DSN": cfg.pg_url})
     now = datetime.now(UTC)
     future = now + timedelta(days=2)
     results: list[dict[str, Any]] = []
@@ -564,7 +570,7 @@ def sweep_cost(cfg: Config) -> dict[str, Any]:
                     plan = conn.execute(
                         "EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM grants WHERE "
                         "state = 'active' AND expires_at <= now() ORDER BY expires_at "
-                        "LIMIT 500 FOR UPDATE SKIP LOCKED").fetchone()
+                        "LIMIT 100 FOR UPDATE SKIP LOCKED").fetchone()
                     assert plan is not None
                     plan_ms.append(float(plan[0][0]["Execution Time"]))
                     with rt.ledger.tx() as lc:  # warm connection
@@ -573,16 +579,16 @@ def sweep_cost(cfg: Config) -> dict[str, Any]:
                     calls, marked = 0, 0
                     while True:
                         t_call = time.perf_counter()
-                        got = sweeps._expire(rt)
+                        got = flows.revoke_batch(rt, expired=sweeps.REVOKE_CHUNK)
                         if calls == 0:
                             first_call.append((time.perf_counter() - t_call) * 1000)
                         calls += 1
-                        marked += len(got)
-                        if not got:
+                        marked += got.revoked
+                        if not got.selected:
                             break
                     times.append((time.perf_counter() - t) * 1000)
                     if marked != expired_n:
-                        raise RuntimeError(f"_expire marked {marked}, expected {expired_n}")
+                        raise RuntimeError(f"revoked {marked}, expected {expired_n}")
                 results.append({
                     "active_rows": size, "expired": expired_n, "load_s": round(load_s, 2),
                     "select_mark_all_ms": rnd(median(times)),

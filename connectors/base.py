@@ -7,14 +7,19 @@ This module is the bottom of the import graph (``worker`` → ``policies`` →
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+if TYPE_CHECKING:  # errors is a leaf module too; the import is for annotations only
+    from connectors.errors import ConnectorError
+
 __all__ = [
     "Approval",
+    "BatchRevoker",
+    "BatchSessionTerminator",
     "FieldChange",
     "Identity",
     "Outcome",
@@ -159,9 +164,11 @@ class SourceConnector(Protocol):
         the ticket no longer exists."""
         ...
 
-    def comment(self, ref: TicketRef, body: str, *, marker: str) -> bool:
+    def comment(self, ref: TicketRef, body: str, *, marker: str, first_try: bool = False,
+                ) -> bool:
         """Post ``body`` unless a comment carrying ``marker`` exists. Returns True when
-        a comment was posted."""
+        a comment was posted. ``first_try`` says no earlier attempt can have posted it
+        (the ledger's claim proves that), so the lookup for the marker may be skipped."""
         ...
 
     def check(self) -> None:
@@ -214,4 +221,28 @@ class SessionTerminator(Protocol):
 
     def terminate_sessions(self, *, principal: str) -> int:
         """End every session of ``principal``; returns how many were ended."""
+        ...
+
+
+@runtime_checkable
+class BatchRevoker(Protocol):
+    """Optional: a target that revokes many memberships in a few round trips. Mass
+    expiry (thousands of grants ending at one instant) is where jitgate must be fast;
+    targets without it are called once per grant."""
+
+    def revoke_many(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> list[Outcome | ConnectorError]:
+        """Revoke each ``(principal, role)``; one result per pair, in order. A pair's
+        failure is returned as its ``TransientError``/``PermanentError``, never raised, so
+        one bad pair cannot hold back the others."""
+        ...
+
+
+@runtime_checkable
+class BatchSessionTerminator(Protocol):
+    """Optional companion of ``SessionTerminator`` for mass revocation."""
+
+    def terminate_sessions_many(self, principals: Sequence[str]) -> dict[str, int]:
+        """End every session of each principal; returns how many were ended per name."""
         ...

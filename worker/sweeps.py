@@ -1,5 +1,8 @@
 """Periodic sweep: expiry and re-driving work from the ledger (the broker is a doorbell).
 
+Expired grants are revoked straight from ``active`` in chunks (``flows.revoke_batch``):
+one ledger transaction and one batched target call per chunk.
+
 Every step selects through a partial index and in bounded batches, and on PostgreSQL
 with ``FOR UPDATE SKIP LOCKED``, so two beats (or a beat and a CronJob) at once only
 split the work between them.
@@ -7,6 +10,7 @@ split the work between them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +28,7 @@ __all__ = ["SweepReport", "run"]
 log = structlog.get_logger("jitgate.sweep")
 
 BATCH = 500
+REVOKE_CHUNK = 200
 
 
 @dataclass
@@ -48,15 +53,24 @@ class SweepReport:
 def run(rt: Runtime) -> SweepReport:
     report = SweepReport()
     ledger = rt.ledger
-    expired = _expire(rt)
-    report.expired = len(expired)
+    # Mass expiry: revoke expired grants chunk by chunk while full chunks come back,
+    # within a budget well under the task's soft time limit (the next sweep goes on).
+    deadline = time.monotonic() + min(60.0, rt.settings.task_soft_time_limit / 2)
+    while True:
+        batch = flows.revoke_batch(rt, expired=REVOKE_CHUNK)
+        report.expired += batch.selected
+        report.comment_ids.extend(batch.comment_ids)
+        report.retries.extend(batch.retries)
+        if batch.selected < REVOKE_CHUNK or time.monotonic() > deadline:
+            break
     stale = _stale(rt)
     report.stale = len(stale)
-    expired += stale
+    _revoke(rt, report, stale)
+    revoked = set(stale)
     with ledger.tx() as conn:
         now = ledger.now(conn)
         due = [g for g in store.due_work(conn, now=now, stuck_after=rt.stuck_after, limit=BATCH)
-               if g not in expired]
+               if g not in revoked]
         stuck = now - rt.stuck_after
         report.redeliver = _claim(conn, inbox, now, rt.stuck_after, list(
             conn.execute(
@@ -74,7 +88,7 @@ def run(rt: Runtime) -> SweepReport:
                 .with_for_update(skip_locked=ledger.is_postgres)
             )
         ))
-        report.comment_ids = _claim(conn, comments, now, rt.stuck_after, list(
+        report.comment_ids += _claim(conn, comments, now, rt.stuck_after, list(
             conn.execute(
                 select(comments.c.id, comments.c.attempts)
                 .where(
@@ -91,36 +105,23 @@ def run(rt: Runtime) -> SweepReport:
         ))
     report.redriven = len(due)
     _forget_old_deliveries(rt)
-    for grant_id in [*expired, *due]:
+    for grant_id in due:
         result = flows.apply_grant(rt, grant_id)
         report.comment_ids.extend(result.comment_ids)
         if result.retry_in is not None:
             report.retries.append((grant_id, result.retry_in))
-    if report.expired or report.redriven or report.redeliver:
+    if report.expired or report.stale or report.redriven or report.redeliver:
         log.info("sweep.done", **report.counts())
     return report
 
 
-def _expire(rt: Runtime) -> list[str]:
-    """Mark due active grants ``revoking`` (reason expired); time is the database's."""
-    ledger = rt.ledger
-    with ledger.tx() as conn:
-        now = ledger.now(conn)
-        stmt = (
-            select(grants.c.id)
-            .where(grants.c.state == "active", grants.c.expires_at <= now)
-            .order_by(grants.c.expires_at)
-            .limit(BATCH)
-        )
-        if ledger.is_postgres:
-            stmt = stmt.with_for_update(skip_locked=True)
-        ids = list(conn.execute(stmt).scalars())
-        return [
-            grant_id
-            for grant_id in ids
-            if store.request_revoke(conn, grant_id, reason="expired", now=now,
-                                    retry_at=now + rt.stuck_after)
-        ]
+def _revoke(rt: Runtime, report: SweepReport, grant_ids: list[str]) -> None:
+    """Revoke in chunks: each chunk is one ledger transaction holding its rows' locks
+    and one batched call per target, short enough not to stall other writers."""
+    for start in range(0, len(grant_ids), REVOKE_CHUNK):
+        result = flows.revoke_batch(rt, grant_ids[start:start + REVOKE_CHUNK])
+        report.comment_ids.extend(result.comment_ids)
+        report.retries.extend(result.retries)
 
 
 def _stale(rt: Runtime) -> list[str]:

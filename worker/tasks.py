@@ -12,12 +12,14 @@ import structlog
 from celery import Task, shared_task
 
 from connectors.errors import PermanentError, TransientError
-from worker import flows, reconcile, sweeps
+from worker import flows, notify, reconcile, sweeps
 
 __all__ = [
     "apply_grant",
+    "notify_events",
     "poll_sources",
     "post_comment",
+    "post_comments",
     "process_event",
     "reconcile_targets",
     "sweep",
@@ -30,11 +32,27 @@ log = structlog.get_logger("jitgate.tasks")
 _MAX_COUNTDOWN = 300.0
 
 
+# Comments go out in chunks: a mass expiry writes thousands, and one message each would
+# put thousands of tasks ahead of the next ticket event or sweep.
+_COMMENT_CHUNK = 25
+
+
 def _follow_up(comment_ids: list[str], retries: list[tuple[str, float]]) -> None:
-    for comment_id in comment_ids:
-        post_comment.delay(comment_id)
+    if len(comment_ids) == 1:
+        post_comment.delay(comment_ids[0])
+    elif comment_ids:
+        for start in range(0, len(comment_ids), _COMMENT_CHUNK):
+            post_comments.delay(comment_ids[start:start + _COMMENT_CHUNK])
     for grant_id, delay in retries:
         apply_grant.apply_async((grant_id,), countdown=min(delay, _MAX_COUNTDOWN))
+
+
+def _post_now(rt: Any, comment_ids: list[str]) -> None:
+    """Post a ticket event's few comments in the task that wrote them: the comment is
+    part of answering the ticket, and a message per comment would double the broker
+    traffic of an approval. One that meets an outage gets its own follow-up."""
+    for comment_id, delay in flows.post_comments(rt, comment_ids).items():
+        post_comment.apply_async((comment_id,), countdown=min(delay, _MAX_COUNTDOWN))
 
 
 @shared_task(bind=True, name="jitgate.process_event")  # type: ignore[untyped-decorator]
@@ -54,7 +72,8 @@ def process_event(self: Task[Any, Any], inbox_id: str) -> str:
         flows.fail_delivery(rt, inbox_id, outcome=f"error:{exc.code}")
         log.error("event.failed", inbox_id=inbox_id, error=exc.code)
         return f"error:{exc.code}"
-    _follow_up(result.comment_ids, result.retries)
+    _follow_up([], result.retries)
+    _post_now(rt, result.comment_ids)
     return result.outcome
 
 
@@ -63,7 +82,8 @@ def apply_grant(self: Task[Any, Any], grant_id: str) -> str:
     """Bring a target in line with one grant's ledger state (grant or revoke)."""
     result = flows.apply_grant(self.app.runtime, grant_id)
     retries = [(grant_id, result.retry_in)] if result.retry_in is not None else []
-    _follow_up(result.comment_ids, retries)
+    _follow_up([], retries)
+    _post_now(self.app.runtime, result.comment_ids)
     return result.state
 
 
@@ -75,6 +95,16 @@ def post_comment(self: Task[Any, Any], comment_id: str) -> str:
         return "done"
     post_comment.apply_async((comment_id,), countdown=min(delay, _MAX_COUNTDOWN))
     return "deferred"
+
+
+@shared_task(bind=True, name="jitgate.post_comments")  # type: ignore[untyped-decorator]
+def post_comments(self: Task[Any, Any], comment_ids: list[str]) -> str:
+    """Post several outbox comments; each one that meets an outage gets its own
+    follow-up, as with ``post_comment``."""
+    deferred = flows.post_comments(self.app.runtime, comment_ids)
+    for comment_id, delay in deferred.items():
+        post_comment.apply_async((comment_id,), countdown=min(delay, _MAX_COUNTDOWN))
+    return f"done:{len(comment_ids) - len(deferred)},deferred:{len(deferred)}"
 
 
 @shared_task(bind=True, name="jitgate.sweep")  # type: ignore[untyped-decorator]
@@ -103,3 +133,14 @@ def reconcile_targets(self: Task[Any, Any]) -> dict[str, int]:
     _follow_up(report.comment_ids, [])
     return {"unmanaged": len(report.unmanaged), "missing": len(report.missing),
             "repaired": report.repaired, "unreachable": len(report.unreachable)}
+
+
+@shared_task(bind=True, name=notify.TASK)  # type: ignore[untyped-decorator]
+def notify_events(self: Task[Any, Any], seqs: list[int], attempt: int = 1) -> str:
+    """Post audit events (by seq) to the notification webhook; a bounded number of
+    follow-ups on transient failures, none on a refusal."""
+    result = notify.deliver(self.app.runtime, seqs, attempt=attempt)
+    if result.retry_in is not None:
+        notify_events.apply_async((seqs, attempt + 1),
+                                  countdown=min(result.retry_in, _MAX_COUNTDOWN))
+    return result.outcome

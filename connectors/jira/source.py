@@ -349,7 +349,8 @@ class JiraSource:
             summary=summary if isinstance(summary, str) else None,
         )
 
-    def comment(self, ref: TicketRef, body: str, *, marker: str) -> bool:
+    def comment(self, ref: TicketRef, body: str, *, marker: str, first_try: bool = False,
+                ) -> bool:
         if not marker.strip():
             raise ValueError("comment marker must not be empty")
         if not _TICKET_ID.match(ref.id):
@@ -357,7 +358,7 @@ class JiraSource:
         client = self._client()
         issue_id = ref.id
         start = 0
-        for _ in range(_MAX_PAGES):
+        for _ in range(0 if first_try else _MAX_PAGES):
             page = self._get(
                 f"list comments on {issue_id}",
                 f"issue/{issue_id}/comment",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
@@ -55,6 +55,17 @@ SELECT EXISTS (
     JOIN pg_catalog.pg_roles AS r ON r.oid = m.roleid
     JOIN pg_catalog.pg_roles AS p ON p.oid = m.member
     WHERE r.rolname = %(role)s AND p.rolname = %(principal)s)
+"""
+
+# The batch form of _STATE_SQL for revocation: one row per (principal, role) pair, by
+# position, so duplicates and missing roles are answered individually.
+_BATCH_STATE_SQL: Final = """
+SELECT x.i, r.oid IS NOT NULL AND p.oid IS NOT NULL AND EXISTS (
+           SELECT 1 FROM pg_catalog.pg_auth_members AS m
+           WHERE m.roleid = r.oid AND m.member = p.oid)
+FROM unnest(%(principals)s::text[], %(roles)s::text[]) WITH ORDINALITY AS x (principal, role, i)
+LEFT JOIN pg_catalog.pg_roles AS r ON r.rolname = x.role
+LEFT JOIN pg_catalog.pg_roles AS p ON p.rolname = x.principal
 """
 
 _MEMBERS_SQL: Final = """
@@ -220,6 +231,72 @@ class PostgresTarget:
             raise
         return Outcome.APPLIED
 
+    def revoke_many(self, pairs: Sequence[tuple[str, str]]) -> list[Outcome | ConnectorError]:
+        """Revoke many memberships in one transaction: advisory locks, one state query,
+        one ``REVOKE role FROM a, b, ...`` per role, one re-check. If the batch as a
+        whole hits a server error, each pair is retried alone so that one bad pair is
+        reported against itself and the rest still go through."""
+        results: list[Outcome | ConnectorError | None] = [None] * len(pairs)
+        valid: list[int] = []
+        for index, (principal, role) in enumerate(pairs):
+            try:
+                _check_identifier(principal, "principal")
+                _check_identifier(role, "role")
+            except PermanentError as exc:
+                results[index] = exc
+            else:
+                valid.append(index)
+        if valid:
+            try:
+                with self._session("revoke") as conn:
+                    self._revoke_batch(conn, [pairs[i] for i in valid], valid, results)
+            except TransientError as exc:
+                for index in valid:
+                    results[index] = exc
+            except PermanentError:
+                for index in valid:
+                    try:
+                        results[index] = self.revoke(principal=pairs[index][0],
+                                                     role=pairs[index][1])
+                    except ConnectorError as exc:
+                        results[index] = exc
+        return [result if result is not None else Outcome.ALREADY_ABSENT for result in results]
+
+    def _revoke_batch(self, conn: psycopg.Connection[TupleRow],
+                      pairs: list[tuple[str, str]], positions: list[int],
+                      results: list[Outcome | ConnectorError | None]) -> None:
+        principals = [principal for principal, _ in pairs]
+        roles = [role for _, role in pairs]
+        params = {"principals": principals, "roles": roles}
+        with conn.transaction():
+            # Sorted, so two batches sharing principals always lock in the same order.
+            keys = sorted({_principal_lock_key(p) for p in principals})
+            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(k) "
+                         "FROM unnest(%s::bigint[]) AS k", (keys,))
+            present = {int(i) - 1 for i, member in conn.execute(_BATCH_STATE_SQL, params)
+                       if member}
+            by_role: dict[str, list[str]] = {}
+            for offset in sorted(present):
+                principal, role = pairs[offset]
+                if principal not in by_role.setdefault(role, []):
+                    by_role[role].append(principal)
+            for role, members in by_role.items():
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(role), sql.SQL(", ").join(map(sql.Identifier, members))))
+            # See revoke(): a membership granted by another grantor survives REVOKE.
+            remaining = ({int(i) - 1 for i, member in conn.execute(_BATCH_STATE_SQL, params)
+                          if member} if present else set())
+        for offset, index in enumerate(positions):
+            principal, role = pairs[offset]
+            if offset in remaining:
+                results[index] = PermanentError(
+                    f"postgres target {self.name!r}: {principal!r} is still a member of "
+                    f"{role!r} through a grant made by another grantor",
+                    code="revoke_incomplete",
+                )
+            else:
+                results[index] = Outcome.APPLIED if offset in present else Outcome.ALREADY_ABSENT
+
     def members(self, *, role: str) -> frozenset[str]:
         """Direct members of ``role``; raises ``role_missing`` rather than answering an
         empty set for a role that does not exist (a misnamed role is not "no members")."""
@@ -245,6 +322,23 @@ class PostgresTarget:
                 (principal,),
             ).fetchall()
         return sum(1 for (ended,) in rows if ended)
+
+    def terminate_sessions_many(self, principals: Sequence[str]) -> dict[str, int]:
+        names = sorted(set(principals))
+        for principal in names:
+            _check_identifier(principal, "principal")
+        with self._session("terminate_sessions") as conn:
+            rows = conn.execute(
+                "SELECT usename, pg_catalog.pg_terminate_backend(pid) "
+                "FROM pg_catalog.pg_stat_activity "
+                "WHERE usename = ANY(%s::text[]) AND pid <> pg_catalog.pg_backend_pid()",
+                (names,),
+            ).fetchall()
+        ended = dict.fromkeys(names, 0)
+        for name, done in rows:
+            if done:
+                ended[str(name)] += 1
+        return ended
 
     def close(self) -> None:
         with self._lock:

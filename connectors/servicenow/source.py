@@ -379,7 +379,8 @@ class ServiceNowSource:
             window=window,
         )
 
-    def comment(self, ref: TicketRef, body: str, *, marker: str) -> bool:
+    def comment(self, ref: TicketRef, body: str, *, marker: str, first_try: bool = False,
+                ) -> bool:
         """Write a work note unless one carrying ``marker`` exists. ``work_notes`` reads
         back empty, so the check goes to ``sys_journal_field`` (formats.md §4.17)."""
         if not marker.strip():
@@ -388,7 +389,7 @@ class ServiceNowSource:
             # '^' separates encoded-query terms; a line break cannot be matched by LIKE.
             raise ValueError("comment marker must not contain '^' or line breaks")
         table, sys_id = split_ticket_id(ref.id)
-        existing = self._rows(
+        existing = [] if first_try else self._rows(
             f"list work notes of {ref.id}",
             "sys_journal_field",
             query=(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.base import Outcome, SessionTerminator
+from connectors.base import BatchRevoker, BatchSessionTerminator, Outcome, SessionTerminator
 from connectors.errors import ConnectorError, PermanentError
 from tests.contract.targets import Harness
 
@@ -107,3 +108,54 @@ def test_sessions_end_on_revoke_where_supported(harness: Harness) -> None:
 
 def test_check_passes_on_a_reachable_target(harness: Harness) -> None:
     harness.target.check()
+
+
+def test_batch_revoke_answers_each_pair_on_its_own(harness: Harness) -> None:
+    """``revoke_many`` (where a target has it) gives the same answers as ``revoke``,
+    one per pair and in order: a bad pair does not fail or hide the others."""
+    if not isinstance(harness.target, BatchRevoker):
+        pytest.skip(f"{harness.kind} revokes one membership per call")
+    role, other = harness.make_role(_name("jgrole")), harness.make_role(_name("jgrole"))
+    members = [harness.make_principal(_name("ctr")) for _ in range(3)]
+    bystander = harness.make_principal(_name("ctr"))
+    for principal in members:
+        harness.target.grant(principal=principal, role=role, expires_at=LATER)
+    harness.target.grant(principal=members[0], role=other, expires_at=LATER)
+    harness.target.grant(principal=bystander, role=role, expires_at=LATER)
+    pairs = [
+        (members[0], role),
+        (members[1], role),
+        (bystander, other),              # never a member: absent
+        ("x" * 200, role),               # refused on its own
+        (members[0], other),
+        (members[2], _name("nosuchrole")),  # role gone: absent, as with revoke()
+        (members[1], role),              # the same pair twice in one batch
+    ]
+    results = harness.target.revoke_many(pairs)
+    assert results[:3] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.ALREADY_ABSENT]
+    assert isinstance(results[3], PermanentError)
+    assert results[4] == Outcome.APPLIED
+    assert results[5] == Outcome.ALREADY_ABSENT
+    assert results[6] in (Outcome.APPLIED, Outcome.ALREADY_ABSENT)
+    assert not harness.is_member(members[0], role) and not harness.is_member(members[0], other)
+    assert not harness.is_member(members[1], role)
+    # Untouched: pairs not in the batch keep their memberships.
+    assert harness.is_member(members[2], role) and harness.is_member(bystander, role)
+    assert harness.target.revoke_many(pairs[:2]) == [Outcome.ALREADY_ABSENT] * 2
+
+
+def test_batch_session_termination_where_supported(harness: Harness) -> None:
+    if (not isinstance(harness.target, BatchSessionTerminator)
+            or harness.open_session is None):
+        pytest.skip(f"{harness.kind} ends sessions one principal at a time")
+    role = harness.make_role(_name("jgrole"))
+    first, second = harness.make_principal(_name("ctr")), harness.make_principal(_name("ctr"))
+    keep = harness.make_principal(_name("ctr"))
+    sessions: dict[str, Callable[[], bool]] = {}
+    for principal in (first, second, keep):
+        harness.target.grant(principal=principal, role=role, expires_at=LATER)
+        sessions[principal] = harness.open_session(principal)
+    ended = harness.target.terminate_sessions_many([first, second])
+    assert ended == {first: 1, second: 1}
+    assert not sessions[first]() and not sessions[second]()
+    assert sessions[keep]()

@@ -141,6 +141,9 @@ class ModelLedger(Ledger):
     def now(self, conn: Connection) -> datetime:
         return self.clock.now
 
+    def current_time(self, conn: Connection) -> datetime:
+        return self.clock.now
+
 
 CrashMode = Literal["grant_before", "grant_after", "revoke_before", "revoke_after"]
 
@@ -291,7 +294,8 @@ class MemorySource:
             raise TicketNotFound("jira: issue does not exist")
         return ticket.snapshot(self.model.clock.now)
 
-    def comment(self, ref: TicketRef, body: str, *, marker: str) -> bool:
+    def comment(self, ref: TicketRef, body: str, *, marker: str, first_try: bool = False,
+                ) -> bool:
         return True
 
     def check(self) -> None:

@@ -15,7 +15,7 @@ from psycopg import sql
 from sqlalchemy import update
 
 from tests.integration.conftest import APPROVED, DONE, Stack, wait_for
-from worker.ledger.schema import tickets
+from worker.ledger.schema import grants, tickets
 
 pytestmark = pytest.mark.integration
 
@@ -255,3 +255,46 @@ def test_status_and_worker_liveness(stack: Stack) -> None:
     assert alive.returncode == 0, alive.stderr
     stale = stack.cli("alive", "--max-age", "0")
     assert stale.returncode == 1
+
+
+def test_mass_expiry_revokes_in_batches_keeping_every_rule(stack: Stack) -> None:
+    """Many grants expiring at one instant go through the batched path (one ledger
+    transaction and one target call per chunk): every one is revoked on the target
+    with one audit event and one ticket comment, a membership another ticket still
+    needs is kept, live sessions of principals left with nothing are ended, and the
+    audit chain stays intact."""
+    principals = [stack.create_principal() for _ in range(12)]
+    keys = [stack.new_ticket(principal=p) for p in principals]
+    sharing = stack.new_ticket(principal=principals[0])  # a second ticket, same role
+    for key in [*keys, sharing]:
+        stack.transition(key, APPROVED)
+    ids = [str(_active(stack, key).id) for key in keys]  # type: ignore[attr-defined]
+    _active(stack, sharing)
+    info = psycopg.conninfo.conninfo_to_dict(stack.target_dsn)
+    info["user"] = principals[1]
+    session = psycopg.connect(**info, autocommit=True)
+
+    with stack.runtime.ledger.tx() as conn:  # all at once, as the benchmark does
+        conn.execute(update(grants).where(grants.c.id.in_(ids))
+                     .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    for key in keys:
+        wait_for(lambda k=key: stack.grants_of(k)[0].state == "revoked", what=f"{key} expired")
+
+    assert stack.is_member(principals[0]), "the sharing ticket still needs the role"
+    assert not any(stack.is_member(p) for p in principals[1:])
+    assert stack.grants_of(sharing)[0].state == "active"
+    events = {e["ticket"]["key"]: e for e in stack.audit("grant.revoked")
+              if e["ticket"]["key"] in keys}
+    assert sorted(events) == sorted(keys)
+    assert all(e["reason"] == "expired" for e in events.values())
+    assert events[keys[0]]["outcome"] == "shared"
+    assert {events[k]["outcome"] for k in keys[1:]} == {"applied"}
+    assert events[keys[1]]["sessions_terminated"] == 1
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    session.close()
+    for key in keys:
+        wait_for(lambda k=key: any("revoked" in c for c in stack.jira.comments(k)),
+                 what=f"{key} comment")
+        assert sum("revoked" in c for c in stack.jira.comments(key)) == 1
+    assert stack.cli("audit", "verify").returncode == 0

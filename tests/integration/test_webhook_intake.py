@@ -149,3 +149,24 @@ def test_readiness_reports_a_stopped_broker(stack: Stack) -> None:
     assert ready.status_code == 503
     assert set(ready.json()["problems"]) == {"broker"}
     assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_concurrent_copies_are_stored_and_queued_once(stack: Stack) -> None:
+    """Many deliveries at once share a commit (the listener's group commit); copies of
+    one delivery inside the same batch still come out as one queued and the rest
+    duplicates, whichever batch each lands in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    deliveries = [jira_delivery(_approval(stack), secret=SECRET, identifier=str(uuid.uuid4()))
+                  for _ in range(8)]
+    copies = [d for d in deliveries for _ in range(5)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        replies = list(pool.map(lambda d: _post(stack, d[0], d[1]), copies))
+    by_delivery: dict[str, list[tuple[int, object]]] = {}
+    for (status, reply) in replies:
+        by_delivery.setdefault(str(reply["delivery"]), []).append((status, reply["status"]))
+    assert len(by_delivery) == 8
+    for answers in by_delivery.values():
+        assert sorted(answers, key=str) == sorted(
+            [(202, "queued")] + [(200, "duplicate")] * 4, key=str)
+    assert stack.queue_length() == 8

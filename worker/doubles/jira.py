@@ -14,6 +14,12 @@ keep the issue's Approvals custom field in step, as JSM does.
 Search is Cloud's ``search/jql`` (token paging, the small JQL subset in ``_Jql``); the
 removed ``search`` answers 410 as Cloud does since CHANGE-2046.
 
+Admin webhooks: ``GET``/``POST /rest/webhooks/1.0/webhook`` and ``GET``/``PUT``/``DELETE
+/rest/webhooks/1.0/webhook/{id}``, in the webhooks plugin's shape (``self``, ``name``,
+``url``, ``events``, ``filters: {"issue-related-events-section": jql}``, ``excludeBody``,
+``enabled``, ``lastUpdated…``); the ``secret`` is write-only, as in Jira. The filter is
+checked on save with the same small JQL subset as search (unknown project: 400).
+
 Credentials: requests must carry HTTP basic auth with the configured user/token. The
 double never stores or records the Authorization header.
 """
@@ -72,6 +78,26 @@ _SD_APPROVALS = re.compile(
     r"^/rest/servicedeskapi/request/(?P<ref>[^/]+)/approval(?:/(?P<approval>[^/]+))?$"
 )
 _SD_DECISIONS = {"approve": "approved", "decline": "declined"}
+# Admin webhooks (System → WebHooks, or this REST resource of the webhooks plugin).
+_WEBHOOKS = re.compile(r"^/rest/webhooks/1\.0/webhook(?:/(?P<id>[^/]+))?/?$")
+_WEBHOOK_JQL = "issue-related-events-section"
+# Event names the admin webhook resource knows (Cloud's webhook page).
+_WEBHOOK_EVENTS = frozenset({
+    "jira:issue_created", "jira:issue_updated", "jira:issue_deleted",
+    "comment_created", "comment_updated", "comment_deleted",
+    "worklog_created", "worklog_updated", "worklog_deleted",
+    "attachment_created", "attachment_deleted", "issuelink_created", "issuelink_deleted",
+    "issue_property_set", "issue_property_deleted",
+    "jira:version_created", "jira:version_updated", "jira:version_deleted",
+    "jira:version_released", "jira:version_unreleased", "jira:version_moved",
+    "project_created", "project_updated", "project_deleted",
+    "user_created", "user_updated", "user_deleted",
+    "sprint_created", "sprint_updated", "sprint_deleted", "sprint_started", "sprint_closed",
+    "board_created", "board_updated", "board_deleted", "board_configuration_changed",
+    "option_voting_changed", "option_watching_changed", "option_unassigned_issues_changed",
+    "option_subtasks_changed", "option_attachments_changed", "option_issuelinks_changed",
+    "option_timetracking_changed",
+})
 _MAX_BODY = 1 << 20
 _SEARCH_GONE = (
     "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API."
@@ -149,6 +175,19 @@ class _Issue:
 
 
 @dataclass
+class _Webhook:
+    id: int
+    name: str
+    url: str
+    events: list[str]
+    jql: str
+    exclude_body: bool
+    enabled: bool
+    secret: str | None  # write-only: stored, never rendered
+    updated_ms: int
+
+
+@dataclass
 class _JsmApproval:
     id: str
     name: str
@@ -214,6 +253,10 @@ class JiraDouble(HttpDouble):
         self._projects: set[str] = {"OPS"}
         self._project_types: dict[str, str] = {}  # key -> projectTypeKey (default software)
         self._next_approval = 1
+        self._webhooks: dict[int, _Webhook] = {}
+        self._next_webhook = 1
+        # False: the API user lacks "Administer Jira", so the webhook resource answers 403.
+        self.webhook_admin = True
         # (status, path prefix or None for any path) of the next failing requests
         self._fail: list[tuple[int, str | None]] = []
         self._slow: list[float] = []
@@ -498,6 +541,16 @@ class JiraDouble(HttpDouble):
         with self._lock:
             return self._issue(key).id
 
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Registered admin webhooks, as ``GET /rest/webhooks/1.0/webhook`` lists them."""
+        with self._lock:
+            return [self._webhook_json(h) for h in self._webhooks.values()]
+
+    def webhook_secret(self, webhook_id: int | str) -> str | None:
+        """The secret a webhook was saved with (Jira never shows it; tests may)."""
+        with self._lock:
+            return self._webhooks[int(webhook_id)].secret
+
     def reset_requests(self) -> None:
         with self._lock:
             self.requests.clear()
@@ -730,6 +783,9 @@ class JiraDouble(HttpDouble):
 
     def _route(self, method: str, path: str, query: Mapping[str, list[str]], body: Any) -> Any:
         q = {k: v[0] for k, v in query.items() if v}
+        if wh := _WEBHOOKS.match(path):
+            with self._lock:
+                return self._webhook_route(method, wh["id"], body)
         if (sd := _SD_APPROVALS.match(path)) and method == "GET":
             with self._lock:
                 return self._sd_approvals(sd["ref"], sd["approval"], q)
@@ -775,6 +831,91 @@ class JiraDouble(HttpDouble):
             if (m := _COMMENT.match(rest)) and method == "POST":
                 return self._add_comment(self._find_issue(m["ref"]), body)
         raise _error(404, "No resource found for this path.")
+
+    # ------------------------------------------------------------------ admin webhooks
+
+    def _webhook_route(self, method: str, ref: str | None, body: Any) -> Any:
+        if not self.webhook_admin:
+            raise _error(403, "You are not authorized to perform this action. "
+                              "Administrator privileges are required.")
+        if ref is None:
+            if method == "GET":
+                return [self._webhook_json(h) for h in self._webhooks.values()]
+            if method == "POST":
+                hook = self._webhook_from(body, None)
+                self._webhooks[hook.id] = hook
+                return _Reply(201, self._webhook_json(hook))
+            raise _error(405, "Method not allowed.")
+        hook_id = int(ref) if ref.isdigit() else -1
+        if hook_id not in self._webhooks:
+            raise _error(404, f"Webhook with id {ref} does not exist.")
+        if method == "GET":
+            return self._webhook_json(self._webhooks[hook_id])
+        if method == "PUT":
+            hook = self._webhook_from(body, self._webhooks[hook_id])
+            self._webhooks[hook_id] = hook
+            return self._webhook_json(hook)
+        if method == "DELETE":
+            del self._webhooks[hook_id]
+            return _Reply(204, None)
+        raise _error(405, "Method not allowed.")
+
+    def _webhook_from(self, body: Any, old: _Webhook | None) -> _Webhook:
+        """Validate a registration body (a PUT replaces the registration; a secret
+        left out of a PUT is kept, as the edit page keeps it)."""
+        if not isinstance(body, dict):
+            raise _error(400, "Invalid request payload. Refer to the REST API documentation.")
+        errors: dict[str, str] = {}
+        name, url = body.get("name"), body.get("url")
+        if not isinstance(name, str) or not name.strip():
+            errors["name"] = "The name is required."
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            errors["url"] = "The URL must be an absolute http(s) URL."
+        events = body.get("events", [])
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            errors["events"] = "Events must be a list of event names."
+        else:
+            unknown = [e for e in events if e not in _WEBHOOK_EVENTS]
+            if unknown:
+                errors["events"] = f"Unknown events: {', '.join(unknown)}."
+        filters = body.get("filters") or {}
+        jql = filters.get(_WEBHOOK_JQL, "") if isinstance(filters, dict) else None
+        if not isinstance(jql, str):
+            errors["filters"] = "Filters must map a section to a JQL string."
+        secret = body.get("secret", old.secret if old else None)
+        if secret is not None and not isinstance(secret, str):
+            errors["secret"] = "The secret must be a string."  # noqa: S105 - a message
+        if errors or not isinstance(jql, str):
+            raise _Reply(400, {"errorMessages": [], "errors": errors})
+        if jql.strip():
+            # Jira validates the filter on save: one unknown project refuses it.
+            _Jql(jql, now=self._now_dt(), tz=self._tz, issue_ids=set(self._issues),
+                 projects=self._projects)
+        if old is None:
+            hook_id, self._next_webhook = self._next_webhook, self._next_webhook + 1
+        else:
+            hook_id = old.id
+        return _Webhook(
+            id=hook_id, name=str(name), url=str(url), events=list(events), jql=jql,
+            exclude_body=bool(body.get("excludeBody", False)),
+            enabled=bool(body.get("enabled", True)), secret=secret or None,
+            updated_ms=self._ms(),
+        )
+
+    def _webhook_json(self, hook: _Webhook) -> dict[str, Any]:
+        return {
+            "name": hook.name,
+            "url": hook.url,
+            "excludeBody": hook.exclude_body,
+            "filters": {_WEBHOOK_JQL: hook.jql},
+            "events": list(hook.events),
+            "enabled": hook.enabled,
+            "self": f"{self._base()}/rest/webhooks/1.0/webhook/{hook.id}",
+            "lastUpdatedUser": self.bot["accountId"],
+            "lastUpdatedDisplayName": self.bot["displayName"],
+            "lastUpdated": hook.updated_ms,
+        }
 
     def _server_info(self) -> dict[str, Any]:
         return {
@@ -1258,7 +1399,8 @@ class _Handler(BaseHTTPRequestHandler):
             return raw.decode("utf-8", "replace")
 
     def _send(self, reply: _Reply) -> None:
-        data = json.dumps(reply.body).encode()
+        # 204 has no body at all (a keep-alive client would read one as the next answer).
+        data = b"" if reply.status == 204 else json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json;charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,8 @@ from sqlalchemy import Connection, insert, select, update
 from worker.ledger.db import Ledger
 from worker.ledger.schema import audit_events, audit_head
 
-__all__ = ["AUDIT_EVENTS", "ChainBreak", "append", "canonical", "emit", "verify_chain"]
+__all__ = ["AUDIT_EVENTS", "AuditObserver", "ChainBreak", "append", "append_many", "canonical",
+           "emit", "subscribe", "unsubscribe", "verify_chain"]
 
 AUDIT_EVENTS = frozenset(
     {
@@ -95,10 +96,83 @@ def append(
     return {**body, "hash": digest}
 
 
+def append_many(
+    ledger: Ledger,
+    conn: Connection,
+    items: Sequence[tuple[str, str, Mapping[str, Any]]],
+    *,
+    ts: datetime,
+) -> list[dict[str, Any]]:
+    """``append`` for many ``(event, key, fields)``: the head is locked once, keys are
+    checked in one query and the rows inserted in one statement, so a batch of
+    revocations holds the chain's lock for milliseconds, not per event."""
+    if not items:
+        return []
+    for event, _, _ in items:
+        if event not in AUDIT_EVENTS:
+            raise ValueError(f"unknown audit event {event!r}")
+    seq, prev_hash = ledger.lock_audit_head(conn)
+    keys = [key for _, key, _ in items]
+    seen = set(conn.execute(select(audit_events.c.event_key)
+                            .where(audit_events.c.event_key.in_(keys))).scalars())
+    rows: list[dict[str, Any]] = []
+    stored: list[dict[str, Any]] = []
+    stamp = ts.isoformat().replace("+00:00", "Z")
+    for event, key, fields in items:
+        if key in seen:
+            continue
+        seen.add(key)
+        seq += 1
+        body: dict[str, Any] = {**fields, "seq": seq, "ts": stamp, "event": event,
+                                "event_key": key, "prev_hash": prev_hash}
+        text_body = canonical(body)
+        digest = _hash(prev_hash, text_body)
+        rows.append({"seq": seq, "event_key": key, "ts": ts, "event": event,
+                     "ticket_uid": _ticket_uid(fields), "grant_id": fields.get("grant_id"),
+                     "payload": text_body, "prev_hash": prev_hash, "hash": digest})
+        stored.append({**body, "hash": digest})
+        prev_hash = digest
+    if rows:
+        conn.execute(insert(audit_events), rows)
+        conn.execute(update(audit_head).where(audit_head.c.id == 1)
+                     .values(seq=seq, hash=prev_hash))
+    return stored
+
+
 def emit(events: list[dict[str, Any]]) -> None:
-    """Write committed audit events to the log stream, one JSON line each."""
+    """Write committed audit events to the log stream, one JSON line each, then hand
+    them to the observers (metrics, notifications)."""
     for record in events:
         _audit_log.info(record["event"], log_type="audit", audit=record)
+    if events and _observers:
+        _notify_observers(events)
+
+
+# Observers see each batch of events after it committed, in the process that made it.
+# They are best effort by design: the ledger row is the record, an observer only
+# reports it, so one failing must never fail (or roll back) the change it reports.
+AuditObserver = Callable[[Sequence[Mapping[str, Any]]], None]
+_observers: dict[str, AuditObserver] = {}
+
+
+def subscribe(name: str, observer: AuditObserver) -> None:
+    """Call ``observer`` with every committed batch. Keyed by ``name``: subscribing
+    again replaces it, so building an app twice in one process does not count twice."""
+    _observers[name] = observer
+
+
+def unsubscribe(name: str) -> None:
+    _observers.pop(name, None)
+
+
+def _notify_observers(events: Sequence[Mapping[str, Any]]) -> None:
+    for name, observer in list(_observers.items()):
+        try:
+            observer(events)
+        except Exception as exc:  # noqa: BLE001 - an observer never fails the caller
+            # The class only: a message could carry a URL or a broker password.
+            _audit_log.warning("audit.observer_failed", observer=name,
+                               error=exc.__class__.__name__)
 
 
 def _ticket_uid(fields: Mapping[str, Any]) -> str | None:

@@ -99,6 +99,14 @@ class Ledger:
             return value.astimezone(UTC)
         return datetime.now(UTC)
 
+    def current_time(self, conn: Connection) -> datetime:
+        """The database's wall clock now (``now()`` is frozen at transaction start)."""
+        if self.is_postgres:
+            value = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+            assert isinstance(value, datetime)
+            return value.astimezone(UTC)
+        return datetime.now(UTC)
+
     def lock_audit_head(self, conn: Connection) -> tuple[int, str]:
         stmt = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
         if self.is_postgres:

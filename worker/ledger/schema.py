@@ -156,6 +156,15 @@ grants = Table(
         sqlite_where=text("state IN ('pending', 'revoking', 'revoke_failed')"),
     ),
     Index("ix_grants_membership", "target", "role", "principal"),
+    # "Does this principal hold anything else on the target?" (session termination on
+    # revoke): principal first, since one target can hold most of the grants.
+    Index(
+        "ix_grants_principal_live",
+        "principal",
+        "target",
+        postgresql_where=text("state IN ('pending', 'active')"),
+        sqlite_where=text("state IN ('pending', 'active')"),
+    ),
 )
 
 audit_events = Table(

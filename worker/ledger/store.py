@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from connectors.base import TicketRef, TicketSnapshot
@@ -60,6 +62,42 @@ def record_delivery(
             ).scalar_one()
         return str(existing), True
     return inbox_id, False
+
+
+def record_deliveries(conn: Connection, items: Sequence[dict[str, Any]], *,
+                      now: datetime) -> list[tuple[str, bool]]:
+    """``record_delivery`` for many, in the caller's transaction (the listener's group
+    commit). Items carry source, delivery_key, ticket_id, ticket_key, event_version;
+    answers (inbox id, is_duplicate) in order. One insert that skips known keys, one
+    select for the ids of those it skipped."""
+    rows = [
+        {"id": str(uuid.uuid4()), "source": item["source"],
+         "delivery_key": item["delivery_key"][:200],
+         "ticket_uid": f"{item['source']}:{item['ticket_id']}", "ticket_id": item["ticket_id"],
+         "ticket_key": item["ticket_key"], "event_version": item["event_version"],
+         "received_at": now}
+        for item in items
+    ]
+    if not rows:
+        return []
+    insert_stmt = (pg_insert(inbox) if conn.dialect.name == "postgresql" else sqlite_insert(inbox))
+    stored = set(conn.execute(
+        insert_stmt.values(rows)
+        .on_conflict_do_nothing(index_elements=["source", "delivery_key"])
+        .returning(inbox.c.id)
+    ).scalars())
+    missing = {(r["source"], r["delivery_key"]) for r in rows if r["id"] not in stored}
+    known: dict[tuple[str, str], str] = {}
+    if missing:
+        known = {
+            (str(source), str(key)): str(inbox_id)
+            for inbox_id, source, key in conn.execute(
+                select(inbox.c.id, inbox.c.source, inbox.c.delivery_key)
+                .where(tuple_(inbox.c.source, inbox.c.delivery_key).in_(sorted(missing)))
+            )
+        }
+    return [(row["id"], False) if row["id"] in stored
+            else (known[(row["source"], row["delivery_key"])], True) for row in rows]
 
 
 def load_delivery(conn: Connection, inbox_id: str) -> Row[Any] | None:
@@ -202,6 +240,23 @@ def request_revoke(
     return bool(result.rowcount)
 
 
+def request_revoke_many(conn: Connection, grant_ids: Sequence[str], *, reason: str,
+                        now: datetime, retry_at: datetime) -> list[str]:
+    """``request_revoke`` for many, in one statement; returns the ids it moved, in the
+    order given (the sweep's order: the most overdue first)."""
+    if not grant_ids:
+        return []
+    moved = conn.execute(
+        update(grants)
+        .where(grants.c.id.in_(list(grant_ids)), grants.c.state.in_(("pending", "active")))
+        .values(state="revoking", revoke_reason=reason, revoke_requested_at=now, attempts=0,
+                next_attempt_at=retry_at, updated_at=now)
+        .returning(grants.c.id)
+    ).scalars()
+    done = {str(grant_id) for grant_id in moved}
+    return [grant_id for grant_id in grant_ids if grant_id in done]
+
+
 def lock_grant(ledger: Ledger, conn: Connection, grant_id: str) -> Row[Any] | None:
     stmt = select(grants).where(grants.c.id == grant_id)
     if ledger.is_postgres:
@@ -226,6 +281,76 @@ def shared_holders(conn: Connection, row: Row[Any]) -> int:
             )
         ).all()
     )
+
+
+def active_memberships(conn: Connection, rows: Sequence[Row[Any]]
+                       ) -> set[tuple[str, str, str]]:
+    """``shared_holders`` for a batch: the (target, role, principal) memberships among
+    ``rows`` that some active grant still needs."""
+    triples = sorted({(r.target, r.role, r.principal) for r in rows})
+    if not triples:
+        return set()
+    found = conn.execute(
+        select(grants.c.target, grants.c.role, grants.c.principal).where(
+            grants.c.state == "active",
+            grants.c.id.not_in([r.id for r in rows]),
+            tuple_(grants.c.target, grants.c.role, grants.c.principal).in_(triples),
+        )
+    ).all()
+    return {(str(t), str(r), str(p)) for t, r, p in found}
+
+
+def live_principals_on_targets(conn: Connection, rows: Sequence[Row[Any]]
+                               ) -> set[tuple[str, str]]:
+    """``other_live_grants_on_target`` for a batch of grants being revoked."""
+    pairs = sorted({(r.target, r.principal) for r in rows})
+    if not pairs:
+        return set()
+    found = conn.execute(
+        select(grants.c.target, grants.c.principal).distinct().where(
+            grants.c.state.in_(("pending", "active")),
+            grants.c.id.not_in([r.id for r in rows]),
+            tuple_(grants.c.target, grants.c.principal).in_(pairs),
+        )
+    ).all()
+    return {(str(t), str(p)) for t, p in found}
+
+
+def mark_revoked(conn: Connection, items: Sequence[dict[str, Any]], *, now: datetime) -> None:
+    """Set many grants ``revoked`` in one executemany; items carry ``gid``, ``reason``
+    and ``requested`` (when the revocation was asked for)."""
+    if not items:
+        return
+    conn.execute(
+        update(grants)
+        .where(grants.c.id == bindparam("gid"))
+        .values(state="revoked", revoked_at=now, revoke_reason=bindparam("reason"),
+                revoke_requested_at=bindparam("requested"), last_error=None,
+                next_attempt_at=None, updated_at=now),
+        [dict(item) for item in items],
+    )
+
+
+def add_comments(conn: Connection, items: Sequence[tuple[TicketRef, str, str]], *,
+                 now: datetime) -> list[str]:
+    """``add_comment`` for many (ref, marker, body): one existence query, one insert.
+    The caller holds the rows it comments on, so no concurrent insert races a marker."""
+    if not items:
+        return []
+    markers = [marker for _, marker, _ in items]
+    seen = set(conn.execute(select(comments.c.marker).where(comments.c.marker.in_(markers)))
+               .scalars())
+    rows: list[dict[str, Any]] = []
+    for ref, marker, body in items:
+        if marker in seen:
+            continue
+        seen.add(marker)
+        rows.append({"id": str(uuid.uuid4()), "marker": marker, "ticket_uid": ref.uid,
+                     "source": ref.source, "ticket_id": ref.id, "ticket_key": ref.key,
+                     "ticket_url": ref.url, "body": body, "created_at": now})
+    if rows:
+        conn.execute(insert(comments), rows)
+    return [row["id"] for row in rows]
 
 
 def approval_siblings(conn: Connection, row: Row[Any]) -> list[str]:

@@ -7,30 +7,32 @@ that Jira does not retry (never 409/429/5xx); only our own outages answer 503.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import math
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.errors import ConnectorError, WebhookParseError
 from connectors.jira.webhook import parse_jira_webhook
 from connectors.servicenow.webhook import parse_servicenow_webhook, verify_servicenow
+from worker import observers
 from worker.celery_app import JitgateCelery
-from worker.ledger import store
-from worker.ledger.schema import grants
-from worker.metrics import render
+from worker.metrics import render, webhook_answered, webhook_rejected
 from worker.runtime import ConfigError, Runtime
+from worker.webhooks.intake import IntakeWriter, Pending
 
 __all__ = ["create_app", "jira_signature_ok"]
 
@@ -62,6 +64,7 @@ def _reject(status: int, reason: str, source: str, request: Request,
             headers: dict[str, str] | None = None) -> JSONResponse:
     client = request.client.host if request.client else None
     log.warning("webhook.rejected", source=source, status=status, reason=reason, client=client)
+    webhook_rejected(source, status, reason)
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
@@ -134,6 +137,7 @@ class _Listener:
         self.policies = runtime.policies  # load (and validate) now, not on the first request
         self._checked_at = -1e9
         self._dependency_problems: dict[str, str] = {}
+        self.writer = IntakeWriter(runtime, celery)
         self.buckets = {
             source: _Bucket(settings.rate_limit_per_source, settings.rate_limit_burst)
             for source in ("jira", "servicenow")
@@ -211,7 +215,7 @@ class _Listener:
         if not event.is_issue_event or event.issue_id is None:
             return JSONResponse({"status": "ignored", "reason": "not an issue event"}, 200)
         identifier = request.headers.get("x-atlassian-webhook-identifier")
-        return self.intake(_Delivery(
+        return await self.intake(_Delivery(
             source="jira",
             ticket_id=event.issue_id,
             ticket_key=event.issue_key,
@@ -235,7 +239,7 @@ class _Listener:
             event = parse_servicenow_webhook(raw, request.headers.get("x-jitgate-event-id"))
         except WebhookParseError as exc:
             return _reject(exc.status, exc.reason, "servicenow", request)
-        return self.intake(_Delivery(
+        return await self.intake(_Delivery(
             source="servicenow",
             ticket_id=event.ticket_id,
             ticket_key=event.number,
@@ -245,37 +249,28 @@ class _Listener:
             issue_type=None,
         ))
 
-    def intake(self, delivery: _Delivery) -> JSONResponse:
-        """Relevance → durable inbox row → publish after commit."""
-        runtime = self.runtime
-        try:
-            if not _relevant(runtime, self.policies.for_source(delivery.source), delivery):
-                return JSONResponse(
-                    {"status": "ignored", "reason": "no policy covers this ticket"}, 200
-                )
-            inbox_id, duplicate = store.record_delivery(
-                runtime.ledger,
-                source=delivery.source,
-                delivery_key=delivery.delivery_key,
-                ticket_id=delivery.ticket_id,
-                ticket_key=delivery.ticket_key,
-                event_version=delivery.version,
-                now=datetime.now(UTC),
-            )
-        except SQLAlchemyError as exc:
-            log.error("webhook.ledger_unavailable", error=exc.__class__.__name__)
+    async def intake(self, delivery: _Delivery) -> JSONResponse:
+        """Relevance → durable inbox row → publish after commit, by the group-commit
+        writer; this coroutine only waits for its answer."""
+        covered = any(p.covers(delivery.source, delivery.project, delivery.issue_type)
+                      for p in self.policies.for_source(delivery.source))
+        answer = await asyncio.wrap_future(self.writer.submit(Pending(
+            source=delivery.source, ticket_id=delivery.ticket_id,
+            ticket_key=delivery.ticket_key, delivery_key=delivery.delivery_key,
+            version=delivery.version, covered=covered,
+        )))
+        if answer.status == "ledger_down":
             return JSONResponse({"error": "ledger unavailable, retry later"}, 503,
                                 headers={"Retry-After": "30"})
-        if duplicate:
-            return JSONResponse({"status": "duplicate", "delivery": inbox_id}, 200)
-        try:
-            self.celery.send_task("jitgate.process_event", args=[inbox_id])
-        except Exception as exc:  # noqa: BLE001 - broker down: the inbox row holds the event
-            log.warning("webhook.held", inbox_id=inbox_id, error=exc.__class__.__name__)
-            return JSONResponse({"status": "held", "delivery": inbox_id}, 202)
-        log.info("webhook.queued", source=delivery.source, inbox_id=inbox_id,
-                 ticket=delivery.ticket_key)
-        return JSONResponse({"status": "queued", "delivery": inbox_id}, 202)
+        if answer.status == "ignored":
+            return JSONResponse({"status": "ignored", "reason": "no policy covers this ticket"},
+                                200)
+        if answer.status == "duplicate":
+            return JSONResponse({"status": "duplicate", "delivery": answer.inbox_id}, 200)
+        if answer.status == "queued":
+            log.info("webhook.queued", source=delivery.source, inbox_id=answer.inbox_id,
+                     ticket=delivery.ticket_key)
+        return JSONResponse({"status": answer.status, "delivery": answer.inbox_id}, 202)
 
 
 _JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
@@ -329,8 +324,9 @@ def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
     """Build the listener. Refuses to start when no source has a webhook secret: an
     endpoint without one would have to accept unsigned deliveries."""
     listener = _Listener(runtime, celery)
+    observers.install(runtime.settings, celery.send_task)  # metrics files, audit observers
     app = FastAPI(title="jitgate webhook listener", version="1", docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json")
+                  openapi_url="/openapi.json", on_shutdown=[listener.writer.stop])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -338,26 +334,30 @@ def create_app(runtime: Runtime, celery: JitgateCelery) -> FastAPI:
 
     app.add_api_route("/readyz", listener.readyz, methods=["GET"])
     app.add_api_route("/metrics", listener.metrics, methods=["GET"])
-    app.add_api_route("/webhooks/jira", listener.jira, methods=["POST"], status_code=202,
+    app.add_api_route("/webhooks/jira", _counted("jira", listener.jira), methods=["POST"],
+                      status_code=202,
                       openapi_extra=_JIRA_DOC, summary="Jira issue events")
-    app.add_api_route("/webhooks/servicenow", listener.servicenow, methods=["POST"],
+    app.add_api_route("/webhooks/servicenow", _counted("servicenow", listener.servicenow),
+                      methods=["POST"],
                       status_code=202, openapi_extra=_SERVICENOW_DOC,
                       summary="ServiceNow record events (jitgate's published contract)")
     return app
 
 
-def _relevant(runtime: Runtime, policies: Any, delivery: _Delivery) -> bool:
-    if any(p.covers(delivery.source, delivery.project, delivery.issue_type) for p in policies):
-        return True
-    # A ticket that holds grants matters even after it left every policy's scope.
-    uid = f"{delivery.source}:{delivery.ticket_id}"
-    with runtime.ledger.engine.connect() as conn:
-        held = conn.execute(
-            select(grants.c.id)
-            .where(grants.c.ticket_uid == uid, grants.c.state.in_(_LIVE))
-            .limit(1)
-        ).first()
-    return held is not None
+_Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def _counted(source: str, handler: _Handler) -> _Handler:
+    """Count every answer of a webhook route by what it says became of the delivery
+    (rejections are counted in ``_reject``): metrics stay out of the intake path."""
+
+    @functools.wraps(handler)  # keeps the name (operationId) and docstring
+    async def endpoint(request: Request) -> JSONResponse:
+        response = await handler(request)
+        webhook_answered(source, response.status_code, bytes(response.body))
+        return response
+
+    return endpoint
 
 
 def _int_or_none(value: str | int | None) -> int | None:
