@@ -70,7 +70,7 @@ def main() -> int:
     stack: Stack | None = None
     print(f"bench: scale {cfg.scale}, work dir {work}", file=sys.stderr)
     try:
-        purge(cfg.redis_url, "jitgate")
+        purge(cfg.redis_url, sections.JITGATE_QUEUE)
         ledger = create_database(cfg.pg_url, ledger_name)
         migrate_ledger(ledger)
         role = f"analytics_ro_{cfg.prefix}"
@@ -95,7 +95,7 @@ def main() -> int:
                 traceback.print_exc()
             finally:
                 stack.stop_workers()
-                purge(cfg.redis_url, "jitgate")
+                purge(cfg.redis_url, sections.JITGATE_QUEUE)
             results[section]["section_s"] = round(time.monotonic() - t, 1)
             print(f"bench: {section} done in {time.monotonic() - t:.1f}s", file=sys.stderr,
                   flush=True)
@@ -104,7 +104,7 @@ def main() -> int:
             stack.close()
         procs.stop_all()
         try:
-            purge(cfg.redis_url, "jitgate")
+            purge(cfg.redis_url, sections.JITGATE_QUEUE)
         except Exception as exc:
             print(f"bench: cleanup (broker): {exc}", file=sys.stderr)
         for db in (ledger_name, f"{cfg.prefix}_revoke", f"{cfg.prefix}_sweep"):

@@ -39,8 +39,10 @@ from bench.common import (
     wait_log,
 )
 from bench.stack import Stack
+from worker.settings import DEFAULT_QUEUE
 
-JITGATE_QUEUE = "jitgate"
+# The harness's processes get no JITGATE_QUEUE (bench.stack drops the caller's JITGATE_*).
+JITGATE_QUEUE = DEFAULT_QUEUE
 
 
 # =========================================================================== 1. ingest

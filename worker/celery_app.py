@@ -27,8 +27,6 @@ from worker.settings import Settings
 
 __all__ = ["JitgateCelery", "create_celery"]
 
-QUEUE = "jitgate"
-
 
 class JitgateCelery(Celery):  # type: ignore[misc]
     """Celery app that carries the process's settings and lazily built runtime."""
@@ -63,7 +61,10 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=QUEUE,
+        # One queue per installation (JITGATE_QUEUE): send_task, delay and beat all route
+        # to the default queue, and `jitgate worker` consumes exactly that one. On
+        # RabbitMQ the exchange and routing key take the same name.
+        task_default_queue=settings.queue,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         worker_hijack_root_logger=False,

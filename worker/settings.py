@@ -8,13 +8,14 @@ variable and its ``_FILE`` twin is an error, so the winner is never a surprise.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["SECRET_FIELDS", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_QUEUE", "SECRET_FIELDS", "Settings", "SettingsError"]
 
 SECRET_FIELDS = (
     "jira_token",
@@ -29,6 +30,9 @@ SECRET_FIELDS = (
 )
 
 _PREFIX = "JITGATE_"
+DEFAULT_QUEUE = "jitgate"
+# A name both brokers take as is: a Redis key and a RabbitMQ queue and exchange name.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _EXAMPLES = Path(__file__).resolve().parent.parent / "policies" / "examples"
 
 
@@ -88,6 +92,10 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=120, ge=1)
     task_time_limit: int = Field(default=180, ge=2)
     worker_concurrency: int = Field(default=2, ge=1)
+    # The queue (and, on RabbitMQ, the exchange) every process of one installation
+    # publishes to and consumes from: web, workers and beat must agree. Two installations
+    # may share one broker (vhost, Redis DB) with different names.
+    queue: str = DEFAULT_QUEUE
 
     sweep_interval: float = Field(default=15.0, gt=0)
     poll_interval: float = Field(default=120.0, gt=0)
@@ -144,6 +152,16 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise SettingsError(f"{file_var}: cannot read {path}: {exc.strerror}") from None
         return data
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not _QUEUE_NAME.fullmatch(value) or value.startswith("amq."):
+            raise SettingsError(
+                f"{_PREFIX}QUEUE must be 1-100 letters, digits, '_', '.' or '-', starting "
+                "with a letter or digit, and not 'amq.' (reserved by RabbitMQ)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:

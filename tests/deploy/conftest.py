@@ -24,13 +24,17 @@ def helmrender() -> Path:
 
 @pytest.fixture(scope="session")
 def render(helmrender: Path) -> Render:
-    """render(values_files=..., sets=..., name=..., notes=...) → RenderResult."""
+    """render(values_files=..., sets=..., name=..., notes=...) → RenderResult. Strict by
+    default (like `helm lint --strict`): a template reading a value key that does not
+    exist is an error, so a typo cannot render as an empty string."""
 
     def _render(*, values_files: tuple[Path, ...] = (), sets: Mapping[str, str] | None = None,
                 name: str = "jitgate", namespace: str = "access", notes: bool = False,
-                kube_version: str = "1.30.0") -> RenderResult:
+                kube_version: str = "1.30.0", strict: bool = True) -> RenderResult:
         args = [str(helmrender), "-chart", str(CHART), "-name", name, "-namespace", namespace,
                 "-kube-version", kube_version]
+        if strict:
+            args.append("-strict")
         for file in values_files:
             args += ["-f", str(file)]
         for key, value in (sets or {}).items():

@@ -134,7 +134,7 @@ Render = Callable[..., RenderResult]
 def assert_cli_command(words: list[str]) -> None:
     """`words` name a real command of `jitgate` (click group walk, options ignored)."""
     command: click.Command = cli_main
-    path = []
+    path: list[str] = []
     for word in words:
         if word.startswith("-") or not isinstance(command, click.Group):
             break

@@ -64,8 +64,8 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
             words = rest.split()
             base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)],
                           words[0])
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=base, name=name))
+            alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=base, name=alias))
         else:
             assert stages, f"{keyword} before the first FROM"
             stages[-1].instructions.append((keyword, rest))

@@ -61,6 +61,19 @@ data:
     }
 
 
+def test_strict_mode_refuses_missing_keys(helmrender: Path, tmp_chart: Path) -> None:
+    _write(tmp_chart, "web: {replicas: 2}\n",
+           cm__yaml="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"
+                    "data:\n  r: {{ .Values.web.replica | quote }}\n")
+    lenient = _run(helmrender, tmp_chart)
+    assert lenient.returncode == 0, lenient.stderr
+    # Missing → nil, and sprig's quote drops nil: `r:` with no value at all.
+    assert parse_rendered(lenient.stdout)[0].body["data"] == {"r": None}
+    strict = _run(helmrender, tmp_chart, "-strict")
+    assert strict.returncode == 1
+    assert 'map has no entry for key "replica"' in strict.stderr
+
+
 def test_value_files_merge_deeply_and_null_deletes(helmrender: Path, tmp_chart: Path) -> None:
     _write(tmp_chart, "a: {keep: 1, change: 2, drop: 3}\nlist: [1, 2]\n",
            cm__yaml="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"

@@ -45,6 +45,12 @@ def redis_url(fault_redis: RedisServer) -> str:
     return fault_redis.url
 
 
+@pytest.fixture(scope="module")
+def broker_url(fault_redis: RedisServer) -> str:
+    """Fault stacks stay on that Redis even when JITGATE_TEST_AMQP_URL is set."""
+    return fault_redis.url
+
+
 @pytest.fixture(autouse=True)
 def _redis_is_up(fault_redis: RedisServer) -> Iterator[None]:
     """A test that failed with Redis down must not take the next one with it."""

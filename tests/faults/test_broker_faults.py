@@ -17,7 +17,6 @@ import pytest
 from tests.faults.conftest import FaultStack
 from tests.faults.control import RedisServer
 from tests.integration.conftest import APPROVED, DONE, wait_for
-from worker.celery_app import QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +61,12 @@ def test_redis_restarted_and_flushed_with_work_queued(
         key = stack.new_ticket(principal=principal)
         stack.transition(key, APPROVED)
         arriving.append((principal, key))
-    assert fault_redis.queued(QUEUE) >= 5  # (plus comment posts)
+    assert fault_redis.queued(stack.settings.queue) >= 5  # (plus comment posts)
     assert stack.pending_deliveries() == 5
 
     fault_redis.restart()  # crash without persistence...
     fault_redis.flushall()  # ...and an operator's FLUSHALL for good measure
-    assert fault_redis.queued(QUEUE) == 0
+    assert fault_redis.queued(stack.settings.queue) == 0
 
     started = time.monotonic()
     fs.workers.worker()

@@ -1,12 +1,14 @@
 """A real jitgate stack for integration tests.
 
-Real Redis broker, real Celery worker **processes** (``python -m worker worker``), a
-real PostgreSQL as grant target (and ledger, or SQLite), and the Jira REST double. The
-webhook listener is the real ASGI app driven in-process over HTTP semantics.
+Real broker (Redis; RabbitMQ when ``JITGATE_TEST_AMQP_URL`` is set, see ``broker_url``),
+real Celery worker **processes** (``python -m worker worker``), a real PostgreSQL as
+grant target (and ledger, or SQLite), and the Jira REST double. The webhook listener is
+the real ASGI app driven in-process over HTTP semantics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,11 +25,13 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from kombu import Connection
+from kombu.exceptions import ChannelError
 from psycopg import sql
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from worker.celery_app import QUEUE, create_celery
+from worker.celery_app import create_celery
 from worker.doubles.jira import JiraDouble, jira_delivery
 from worker.doubles.servicenow import ServiceNowDouble, servicenow_delivery
 from worker.ledger.schema import audit_events, grants, inbox
@@ -355,8 +359,61 @@ class Stack:
         return name
 
     def queue_length(self) -> int:
-        client = redis.Redis.from_url(self.broker_url.replace("redis+socket://", "unix://"))
-        return int(client.llen(QUEUE))
+        """Messages waiting in this stack's queue (not those a worker holds)."""
+        return queue_length(self.broker_url, self.settings.queue)
+
+    def purge_queue(self) -> None:
+        """The broker loses what waits in this stack's queue (Redis: the whole DB)."""
+        purge(self.broker_url, self.settings.queue)
+
+
+# -- broker-neutral helpers: Redis (a DB per xdist worker) or RabbitMQ (a queue per stack)
+
+
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "unix://"))
+
+
+def _redis(broker_url: str) -> redis.Redis:
+    return redis.Redis.from_url(broker_url.replace("redis+socket://", "unix://"))
+
+
+def queue_length(broker_url: str, queue: str) -> int:
+    if is_redis(broker_url):
+        return int(_redis(broker_url).llen(queue))
+    with Connection(broker_url) as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:  # 404: nobody declared it yet, so nothing was published
+            return 0
+
+
+def purge(broker_url: str, queue: str) -> None:
+    """Drop the waiting messages. Redis: FLUSHDB (scheduled retries, bindings and all, as
+    a broker that lost its data); RabbitMQ: purge the queue (unacked deliveries that a
+    worker holds come back to it when that worker goes)."""
+    if is_redis(broker_url):
+        _redis(broker_url).flushdb()
+        return
+    # Not declared yet (404): nothing to purge.
+    with Connection(broker_url) as conn, contextlib.suppress(ChannelError):
+        conn.default_channel.queue_purge(queue)
+
+
+def _delete_queue(broker_url: str, queue: str) -> None:
+    """RabbitMQ keeps a durable queue (and its exchange) after the test: remove them."""
+    if is_redis(broker_url):
+        return  # the next module's FLUSHDB takes it
+    for kind in ("queue", "exchange"):
+        # A connection each: a channel error (already gone) closes the channel.
+        with Connection(broker_url) as conn, contextlib.suppress(ChannelError):
+            channel = conn.default_channel
+            (channel.queue_delete if kind == "queue" else channel.exchange_delete)(queue)
+
+
+def unreachable_broker_url(broker_url: str) -> str:
+    """A URL of the same kind as ``broker_url`` where no broker listens (port 9)."""
+    return "redis://127.0.0.1:9/0" if is_redis(broker_url) else "amqp://guest:guest@127.0.0.1:9//"
 
 
 def _drop_roles(dsn: str, prefix: str) -> None:
@@ -367,20 +424,28 @@ def _drop_roles(dsn: str, prefix: str) -> None:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def _flush(broker_url: str) -> None:
-    redis.Redis.from_url(broker_url.replace("redis+socket://", "unix://")).flushdb()
-
-
 @pytest.fixture(scope="module", params=["postgres", "sqlite"])
 def ledger_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture(scope="module")
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The integration stacks' broker: RabbitMQ at ``JITGATE_TEST_AMQP_URL`` when set
+    (``make test-amqp``; each stack gets its own queue there), else the xdist worker's
+    Redis DB (``redis_url``). Module scope, so a folder that overrides ``redis_url``
+    or this fixture (tests/faults) gets its own."""
+    amqp = os.environ.get("JITGATE_TEST_AMQP_URL")
+    if amqp:
+        return amqp
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture(scope="module")
 def stack_factory(
-    redis_url: str, pg_url: str, module_database: str
+    broker_url: str, pg_url: str, module_database: str
 ) -> Iterator[Callable[..., Stack]]:
-    """Builds a stack; tears down workers, roles, the double and the broker DB."""
+    """Builds a stack; tears down workers, roles, the double and the broker's queues."""
     made: list[Stack] = []
     token = uuid.uuid4().hex[:8]
 
@@ -403,10 +468,13 @@ def stack_factory(
         policy.write_text(POLICY.format(approver=approver["accountId"], role=role))
         ledger_url = (module_database if ledger == "postgres"
                       else f"sqlite:///{folder / 'ledger.sqlite3'}")
-        _flush(redis_url)
+        # Its own queue: stacks of other xdist workers may share the RabbitMQ vhost.
+        queue = f"jg-test-{token}-{len(made)}"
+        purge(broker_url, queue)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("JITGATE_")},
-            "JITGATE_BROKER_URL": redis_url,
+            "JITGATE_BROKER_URL": broker_url,
+            "JITGATE_QUEUE": queue,
             "JITGATE_DATABASE_URL": ledger_url,
             "JITGATE_POLICY_PATH": str(policy),
             "JITGATE_DATA_DIR": str(folder),
@@ -423,7 +491,7 @@ def stack_factory(
             **(extra_env or {}),
         }
         settings = Settings(
-            broker_url=redis_url, database_url=ledger_url, policy_path=policy,
+            broker_url=broker_url, queue=queue, database_url=ledger_url, policy_path=policy,
             data_dir=folder, jira_url=jira.url, jira_user=jira.user, jira_token=jira.token,
             jira_webhook_secret=SECRET, servicenow_url=snow.url, servicenow_user=snow.user,
             servicenow_password=snow.password, servicenow_webhook_secret=SNOW_SECRET,
@@ -432,7 +500,7 @@ def stack_factory(
 
         migrate(Runtime(settings, env=env).ledger.engine)
         stack = Stack(settings=settings, env=env, jira=jira, target_dsn=pg_url, role=role,
-                      approver=approver, requester=requester, broker_url=redis_url,
+                      approver=approver, requester=requester, broker_url=broker_url,
                       folder=folder, token=token, snow=snow, snow_approver=snow_approver)
         made.append(stack)
         if start_worker:
@@ -445,4 +513,5 @@ def stack_factory(
         stack.jira.stop()
         stack.snow.stop()
         stack.runtime.close()
+        _delete_queue(broker_url, stack.settings.queue)
     _drop_roles(pg_url, token)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import APPROVED, SECRET, Stack
+from tests.integration.conftest import APPROVED, SECRET, Stack, unreachable_broker_url
 from worker.doubles.jira import jira_delivery, sign_jira
 
 pytestmark = pytest.mark.integration
@@ -22,9 +22,7 @@ def stack(stack_factory: Callable[..., Stack]) -> Stack:
 
 @pytest.fixture(autouse=True)
 def _empty_queue(stack: Stack) -> None:
-    import redis
-
-    redis.Redis.from_url(stack.broker_url.replace("redis+socket://", "unix://")).flushdb()
+    stack.purge_queue()
 
 
 def _approval(stack: Stack) -> dict[str, object]:
@@ -143,7 +141,8 @@ def test_readiness_reports_a_stopped_broker(stack: Stack) -> None:
     from worker.runtime import Runtime
     from worker.webhooks.app import create_app
 
-    settings = stack.settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"})
+    settings = stack.settings.model_copy(
+        update={"broker_url": unreachable_broker_url(stack.broker_url)})
     client = TestClient(create_app(Runtime(settings, env=stack.env), create_celery(settings)))
     ready = client.get("/readyz")
     assert ready.status_code == 503

@@ -212,3 +212,22 @@ def test_configuration_errors_never_echo_secret_values(
         Settings()
     assert "JITGATE_" in str(info.value)  # the error is the one this test provoked
     assert "SENTINEL" not in str(info.value)
+
+
+def test_queue_defaults_to_jitgate_and_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().queue == "jitgate"
+    monkeypatch.setenv("JITGATE_QUEUE", "jitgate-staging.v2")
+    assert Settings().queue == "jitgate-staging.v2"
+
+
+@pytest.mark.parametrize(
+    "name", ["", "-leading-dash", "has space", "a/b", "amq.reserved", "x" * 101, "café"]
+)
+def test_queue_names_unsafe_on_either_broker_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("JITGATE_QUEUE", name)
+    with pytest.raises(ValueError, match="JITGATE_QUEUE"):
+        Settings()

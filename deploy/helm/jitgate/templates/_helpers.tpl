@@ -27,7 +27,7 @@ The name of one of the release's objects: the full name, shortened so that
 Include with (dict "root" $ "suffix" "worker-metrics" ["max" 52]).
 */}}
 {{- define "jitgate.componentName" -}}
-{{- $max := int (default 63 .max) }}
+{{- $max := int (default 63 (get . "max")) }}
 {{- $base := include "jitgate.fullname" .root | trunc (int (sub $max (add1 (len .suffix)))) | trimSuffix "-" }}
 {{- printf "%s-%s" $base .suffix }}
 {{- end }}
