@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker.ledger.db import Ledger
 from worker.ledger.schema import audit_events, audit_head
@@ -64,11 +66,6 @@ def append(
     if event not in AUDIT_EVENTS:
         raise ValueError(f"unknown audit event {event!r}")
     seq, prev_hash = ledger.lock_audit_head(conn)
-    exists = conn.execute(
-        select(audit_events.c.seq).where(audit_events.c.event_key == key)
-    ).first()
-    if exists is not None:
-        return None
     body: dict[str, Any] = {
         **fields,  # first: a field can never override the chain's own keys
         "seq": seq + 1,
@@ -79,8 +76,10 @@ def append(
     }
     text_body = canonical(body)
     digest = _hash(prev_hash, text_body)
-    conn.execute(
-        insert(audit_events).values(
+    stmt = pg_insert(audit_events) if ledger.is_postgres else sqlite_insert(audit_events)
+    # A key recorded before (a retried task) inserts nothing and leaves the chain as is.
+    inserted = conn.execute(
+        stmt.values(
             seq=seq + 1,
             event_key=key,
             ts=ts,
@@ -90,8 +89,10 @@ def append(
             payload=text_body,
             prev_hash=prev_hash,
             hash=digest,
-        )
-    )
+        ).on_conflict_do_nothing(index_elements=["event_key"]).returning(audit_events.c.seq)
+    ).first()
+    if inserted is None:
+        return None
     conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq + 1, hash=digest))
     return {**body, "hash": digest}
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, Row, Table, and_, bindparam, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -140,15 +140,9 @@ def lock_ticket(ledger: Ledger, conn: Connection, ref: TicketRef) -> int:
     value = conn.execute(stmt).scalar()
     if value is not None:
         return int(value)
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(tickets).values(
-                    uid=ref.uid, source=ref.source, external_id=ref.id, key=ref.key, url=ref.url
-                )
-            )
-    except IntegrityError:
-        pass  # created by a concurrent worker; the SELECT below waits for its lock
+    # Created unless a concurrent worker did; the SELECT then waits for its lock.
+    _insert_new(conn, tickets, {"uid": ref.uid, "source": ref.source, "external_id": ref.id,
+                                "key": ref.key, "url": ref.url}, ["uid"])
     return int(conn.execute(stmt).scalar_one())
 
 
@@ -208,14 +202,21 @@ def grant_key(*, ticket_uid: str, policy: str, target: str, role: str, principal
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def _insert_new(conn: Connection, table: Table, values: dict[str, Any],
+                conflict: list[str]) -> bool:
+    """INSERT unless a row with the same ``conflict`` key exists; True when inserted.
+    One statement, where a savepoint around a plain INSERT costs three round trips."""
+    stmt = pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
+    inserted = conn.execute(
+        stmt.values(**values).on_conflict_do_nothing(index_elements=conflict)
+        .returning(table.c[conflict[0]])
+    ).first()
+    return inserted is not None
+
+
 def insert_grant(conn: Connection, values: dict[str, Any]) -> bool:
     """Insert a pending grant; False when the same grant key exists already."""
-    try:
-        with conn.begin_nested():
-            conn.execute(insert(grants).values(**values))
-    except IntegrityError:
-        return False
-    return True
+    return _insert_new(conn, grants, values, ["grant_key"])
 
 
 def request_revoke(
@@ -401,24 +402,12 @@ def add_comment(
     conn: Connection, *, ref: TicketRef, marker: str, body: str, now: datetime
 ) -> str | None:
     comment_id = str(uuid.uuid4())
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(comments).values(
-                    id=comment_id,
-                    marker=marker,
-                    ticket_uid=ref.uid,
-                    source=ref.source,
-                    ticket_id=ref.id,
-                    ticket_key=ref.key,
-                    ticket_url=ref.url,
-                    body=body,
-                    created_at=now,
-                )
-            )
-    except IntegrityError:
-        return None
-    return comment_id
+    inserted = _insert_new(conn, comments, {
+        "id": comment_id, "marker": marker, "ticket_uid": ref.uid, "source": ref.source,
+        "ticket_id": ref.id, "ticket_key": ref.key, "ticket_url": ref.url, "body": body,
+        "created_at": now,
+    }, ["marker"])
+    return comment_id if inserted else None
 
 
 def due_work(conn: Connection, *, now: datetime, stuck_after: timedelta,
