@@ -59,6 +59,12 @@ def create_celery(settings: Settings, *, broker_url: str | None = None) -> Jitga
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # No remote control (`celery inspect`/`control`; jitgate uses neither, liveness is
+        # the heartbeat file below). On RabbitMQ every worker would hold an exclusive
+        # "<nodename>.celery.pidbox" queue, so a second worker with the same node name
+        # (default celery@<host>: two workers or two installations on one host) dies at
+        # start with RESOURCE_LOCKED.
+        worker_enable_remote_control=False,
         task_serializer="json",
         accept_content=["json"],
         # One queue per installation (JITGATE_QUEUE): send_task, delay and beat all route

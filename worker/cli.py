@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -10,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -76,7 +78,7 @@ def up(with_beat: bool) -> None:
             )
         click.echo(
             f"jitgate is up: http://{settings.http_host}:{settings.http_port} "
-            f"(ledger {settings.ledger_url.split('///')[-1]}); Ctrl-C stops it.",
+            f"(ledger {_safe_url(settings.ledger_url)}); Ctrl-C stops it.",
             err=True,
         )
         _supervise(children, commands, env)
@@ -91,6 +93,15 @@ def up(with_beat: bool) -> None:
                 child.kill()
         if embedded is not None:
             embedded.shutdown()
+
+
+def _safe_url(url: str) -> str:
+    """A ledger URL fit to print: a SQLite path as is, a server URL without its password."""
+    if url.startswith("sqlite"):
+        return url.rsplit("///", maxsplit=1)[-1]
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _supervise(children: list[subprocess.Popen[bytes]], commands: Sequence[list[str]],
@@ -250,6 +261,31 @@ def worker(celery_args: tuple[str, ...]) -> None:
     argv = ["--quiet", "worker", "-Q", settings.queue, "-c", str(settings.worker_concurrency),
             "--without-gossip", "--without-mingle", "-l", settings.log_level, *celery_args]
     app.worker_main(argv)
+
+
+@main.command("serve-metrics")
+@click.option("--port", type=click.IntRange(1, 65535), default=9464, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True)  # noqa: S104 - a pod's port
+def serve_metrics(port: int, host: str) -> None:
+    """Serve the counters and histograms in JITGATE_METRICS_DIR on /metrics, for worker
+    pods (their processes write the folder; the listener's /metrics is another pod's)."""
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+    settings = _settings()
+    logconf.configure(level=settings.log_level, fmt=settings.log_format)
+    directory = settings.metrics_path
+    if not directory.is_dir():
+        _fail(f"JITGATE_METRICS_DIR {directory} is not a folder")
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    click.echo(f"jitgate: serving {directory} on http://{host}:{port}/metrics", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.shutdown()
 
 
 @main.command()

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_QUEUE", "SECRET_FIELDS", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_QUEUE", "FILE_FIELDS", "SECRET_FIELDS", "Settings", "SettingsError"]
 
 SECRET_FIELDS = (
     "jira_token",
@@ -28,6 +28,11 @@ SECRET_FIELDS = (
     # The path of a Slack incoming-webhook URL is its credential.
     "notify_webhook_url",
 )
+
+# Connection URLs carry the database's and the broker's passwords: they have ``_FILE``
+# twins too and stay out of repr, but are plain strings (every client library takes one).
+URL_FIELDS = ("database_url", "broker_url")
+FILE_FIELDS = (*SECRET_FIELDS, *URL_FIELDS)
 
 _PREFIX = "JITGATE_"
 DEFAULT_QUEUE = "jitgate"
@@ -50,8 +55,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path(".jitgate")
-    broker_url: str | None = None
-    database_url: str | None = None
+    broker_url: str | None = Field(default=None, repr=False)
+    database_url: str | None = Field(default=None, repr=False)
     policy_path: Path = _EXAMPLES
 
     # Per-source token bucket on the listener: a flood on one source gets 429 (which
@@ -140,7 +145,7 @@ class Settings(BaseSettings):
     def _secret_files(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for name in SECRET_FIELDS:
+        for name in FILE_FIELDS:
             file_var = f"{_PREFIX}{name.upper()}_FILE"
             path = os.environ.get(file_var)  # noqa: TID251 - the settings boundary itself
             if not path:

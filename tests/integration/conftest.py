@@ -435,6 +435,11 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     (``make test-amqp``; each stack gets its own queue there), else the xdist worker's
     Redis DB (``redis_url``). Module scope, so a folder that overrides ``redis_url``
     or this fixture (tests/faults) gets its own."""
+    return suite_broker_url(request)
+
+
+def suite_broker_url(request: pytest.FixtureRequest) -> str:
+    """``JITGATE_TEST_AMQP_URL``, else the ``redis_url`` fixture (requested only then)."""
     amqp = os.environ.get("JITGATE_TEST_AMQP_URL")
     if amqp:
         return amqp

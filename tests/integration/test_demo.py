@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -55,7 +58,19 @@ def _leftovers(tmp: Path) -> list[str]:
     return sorted(str(p) for p in tmp.iterdir() if not p.name.startswith("runtime-"))
 
 
-def test_demo_passes_every_step_on_embedded_parts(tmp_path: Path) -> None:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path. Embedded PostgreSQL puts its unix socket in
+    its data folder, else in a runtime folder under TMPDIR, and a socket path holds at most
+    107 bytes: pytest's tmp_path under xdist (.../popen-gw1/test_demo_passes_every_step_on0)
+    leaves too little for <TMPDIR>/jitgate-demo-XXXXXXXX/pg/.s.PGSQL.5432."""
+    folder = Path(tempfile.mkdtemp(prefix="jgd-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_demo_passes_every_step_on_embedded_parts(short_tmp: Path) -> None:
+    tmp_path = short_tmp
     result = _demo(tmp=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from worker.settings import SECRET_FIELDS, Settings
+from worker.settings import FILE_FIELDS, Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _VARIABLE = re.compile(r"JITGATE_[A-Z0-9_]*[A-Z0-9]")
@@ -40,7 +40,7 @@ def _expected() -> set[str]:
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
         names.add(alias.upper() if isinstance(alias, str) else f"{prefix}{name}".upper())
-    names |= {f"{prefix}{name}_FILE".upper() for name in SECRET_FIELDS}
+    names |= {f"{prefix}{name}_FILE".upper() for name in FILE_FIELDS}
     return names
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from worker.settings import SECRET_FIELDS, Settings, _sqlalchemy_url
+from worker.settings import SECRET_FIELDS, Settings, SettingsError, _sqlalchemy_url
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -231,3 +231,19 @@ def test_queue_names_unsafe_on_either_broker_are_refused(
     monkeypatch.setenv("JITGATE_QUEUE", name)
     with pytest.raises(ValueError, match="JITGATE_QUEUE"):
         Settings()
+
+
+def test_connection_urls_come_from_files_and_stay_out_of_repr(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url = "postgresql://jitgate:SENTINEL-pw@db.internal/jitgate"
+    (tmp_path / "db").write_text(url + "\n", encoding="utf-8")
+    monkeypatch.setenv("JITGATE_DATABASE_URL_FILE", str(tmp_path / "db"))
+    monkeypatch.setenv("JITGATE_BROKER_URL", "redis://:SENTINEL-pw@redis.internal:6379/0")
+    settings = Settings()
+    assert settings.database_url == url
+    assert "SENTINEL" not in repr(settings) and "SENTINEL" not in str(settings)
+    monkeypatch.setenv("JITGATE_DATABASE_URL", url)
+    with pytest.raises((SettingsError, ValidationError), match="not both") as refused:
+        Settings()
+    assert "SENTINEL" not in str(refused.value)
