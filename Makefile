@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint clean bench bench-smoke soak demo
+.PHONY: install run test test-amqp unit lint clean bench bench-smoke soak demo
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "jitgate needs Python >= 3.11 (set PY=/path/to/python3.11)"; exit 2; }
@@ -29,6 +29,12 @@ demo: $(STAMP)
 # Integration tests start real Celery worker processes; xdist spreads modules over the cores.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+
+# The integration suite again with RabbitMQ as the broker (each stack on its own queue);
+# JITGATE_TEST_REDIS_URL etc. as for `make test` (the bench smoke test still uses Redis too).
+test-amqp: $(STAMP)
+	JITGATE_TEST_AMQP_URL=$${JITGATE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//} \
+	  $(BIN)/python -m pytest -n auto --dist loadfile tests/integration $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -126,7 +126,7 @@ def main() -> int:
     (cfg.out / f"{name}.md").write_text(report.markdown(results, cfg))
     print(f"bench: wrote {cfg.out / (name + '.json')} and {name}.md "
           f"({results['meta']['total_s']}s)", file=sys.stderr)
-    if not errors and not os.environ.get("JITGATE_BENCH_KEEP"):  # profiles stay for reading
+    if not errors and not cfg.keep:  # JITGATE_BENCH_KEEP=1 keeps profiles for reading
         shutil.rmtree(work, ignore_errors=True)
     return 1 if errors else 0
 

@@ -48,6 +48,7 @@ class Config:
     prefix: str
     sweep_interval: float
     profile: bool
+    keep: bool = False
     scales: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -66,6 +67,7 @@ class Config:
             prefix="jgb" + uuid.uuid4().hex[:8],
             sweep_interval=float(env.get("JITGATE_BENCH_SWEEP_INTERVAL", "1")),
             profile=env.get("JITGATE_BENCH_PROFILE", "0" if smoke else "1") not in ("0", ""),
+            keep=env.get("JITGATE_BENCH_KEEP", "") not in ("0", ""),
             scales={name: float(env[f"JITGATE_BENCH_{name.upper()}_SCALE"])
                     for name in ("revoke", "sweep")
                     if env.get(f"JITGATE_BENCH_{name.upper()}_SCALE")},

@@ -355,7 +355,7 @@ class _Demo:
 
     def start(self, result: StepResult) -> None:
         cleanup = self._cleanup
-        self.folder = Path(tempfile.mkdtemp(prefix="jitgate-demo-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="jitgate-demo-", dir=_short_tmp()))
         cleanup.callback(shutil.rmtree, self.folder, ignore_errors=True)  # last out
         self.data = self.folder / "data"  # secrets, ledger, beat schedule: 0700
         self.data.mkdir(mode=0o700)
@@ -955,3 +955,12 @@ def _describe_event(event: Mapping[str, Any]) -> str:
             f"{event.get('target')}/{event.get('role')}  {extra}  "
             f"hash {str(event.get('hash', ''))[:12]}…")
 
+
+
+def _short_tmp() -> str | None:
+    """A temp base short enough for PostgreSQL's socket path (107 bytes in all): a
+    long TMPDIR (CI runners, pytest) would make the embedded server refuse to start."""
+    base = tempfile.gettempdir()
+    if len(base) > 40 and Path("/tmp").is_dir() and os.access("/tmp", os.W_OK):  # noqa: S108
+        return "/tmp"  # noqa: S108 - only its length matters; mkdtemp makes a private folder
+    return None
