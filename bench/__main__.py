@@ -47,6 +47,11 @@ def main() -> int:
     parser.add_argument("--name", default=None)
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=None)
     args = parser.parse_args()
+    # Sections that run jitgate code in this process (sweep cost) would print one audit
+    # line per revocation; the worker processes under test log as in production.
+    from worker import log as logconf  # noqa: PLC0415
+
+    logconf.configure(level="WARNING", fmt="json")
     work = Path(tempfile.mkdtemp(prefix="jitgate-bench-"))
     cfg = Config.from_env(smoke=args.smoke, out=args.out, work=work)
     name = args.name or ("smoke" if args.smoke else "latest")

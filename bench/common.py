@@ -195,9 +195,11 @@ def drop_roles(pg_url: str, prefix: str) -> int:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         names = [r[0] for r in conn.execute(
             "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"%{prefix}%",))]
-        with conn.transaction():
-            for name in names:
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        # In chunks: one transaction dropping 10,000+ roles runs out of lock slots.
+        for start in range(0, len(names), 500):
+            with conn.transaction():
+                for name in names[start:start + 500]:
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
     return len(names)
 
 
