@@ -35,6 +35,12 @@ def evaluate(r: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
                          ing["accepted_per_s"], "req/s", ing["raw_accepted_per_s"],
                          "raw uvicorn body-read endpoint, req/s", "ratio ≥ 0.50",
                          ratio >= 0.5, ratio))
+        floor = _get(ing, "fastapi_floor", "saturation", "accepted_per_s")
+        if floor is not None:
+            rows.append(_row("Ingest floor: the same body-read endpoint as an empty FastAPI "
+                             "route (no signature, ledger or publish)", floor, "req/s",
+                             ing["raw_accepted_per_s"], "raw uvicorn body-read endpoint, req/s",
+                             "info", None))
         rows.append(_row("Ingest: p50 / p99 latency at saturation",
                          ing["p99_ms_saturation"], "ms (p99)",
                          _get(ing, "raw", "saturation", "p99_ms"), "raw p99 at its saturation",

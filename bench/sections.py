@@ -70,6 +70,16 @@ def ingest(cfg: Config, stack: Stack, procs: Procs, meter: CpuMeter) -> dict[str
                               str(max(1.0, raw_sat["accepted_per_s"] / 2)), *common)
     finally:
         procs.stop(raw)
+    port = free_port()
+    floor = procs.start([PY, "-m", "uvicorn", "bench.raw_app:fastapi_app", "--host",
+                         "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level",
+                         "warning"], env=env, log=cfg.work / "fastapi-uvicorn.log")
+    try:
+        wait_http(port, floor, cfg.work / "fastapi-uvicorn.log")
+        floor_sat = stack.load("--port", str(port), "--path", "/webhooks/jira", "--mode",
+                               "closed", *common)
+    finally:
+        procs.stop(floor)
 
     purge(cfg.redis_url, JITGATE_QUEUE)
     port = stack.start_web()
@@ -98,6 +108,9 @@ def ingest(cfg: Config, stack: Stack, procs: Procs, meter: CpuMeter) -> dict[str
         "connections": conns, "window_s": dur,
         "body_bytes": len(body.read_text()),
         "raw": {"saturation": raw_sat, "half": raw_half},
+        "fastapi_floor": {"saturation": floor_sat,
+                          "ratio_to_raw": rnd(floor_sat["accepted_per_s"]
+                                              / max(1e-9, raw_sat["accepted_per_s"]), 3)},
         "jitgate": {"saturation": sat, "half": half, "queued_after_saturation": queued,
                     "cpu_s_during_saturation": cpu},
         "accepted_per_s": sat["accepted_per_s"],
