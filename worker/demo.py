@@ -632,15 +632,19 @@ class _Demo:
         grant = self._wait_grant(JIRA_KEY, "revoked")
         self._say(result, f"ledger: grant {grant.id[:8]}… revoked (reason: "
                           f"{grant.revoke_reason})")
-        if grant.revoke_reason != "ticket_closed":
-            raise StepFailed(f"revoked for {grant.revoke_reason}, not ticket_closed")
-        if self._is_member(self.alex_db):
-            raise StepFailed(f"{self.alex_db} is still a member of {self.role}")
-        self._say(result, f"PostgreSQL: {self.alex_db} is no longer a member of {self.role} "
-                          f"(members now: {', '.join(self._members(self.role)) or 'none'})")
+        self._check_revoked(result, grant, "ticket_closed", self.alex_db)
         comment = self._wait("the revocation comment on the Jira ticket", lambda: next(
             (c for c in self.jira.comments(JIRA_KEY) if "revoked" in c), None))
         self._say(result, f"comment on {JIRA_KEY}: \"{_one_line(comment)}\"")
+
+    def _check_revoked(self, result: StepResult, grant: Any, reason: str, login: str) -> None:
+        """The grant was revoked for ``reason`` and PostgreSQL agrees: no membership."""
+        if grant.revoke_reason != reason:
+            raise StepFailed(f"revoked for {grant.revoke_reason}, not {reason}")
+        if self._is_member(login):
+            raise StepFailed(f"{login} is still a member of {self.role}")
+        self._say(result, f"PostgreSQL: {login} is no longer a member of {self.role} "
+                          f"(members now: {', '.join(self._members(self.role)) or 'none'})")
 
     def servicenow_expiry(self, result: StepResult) -> None:
         grants_now = self._grants_of(self.ritm_number)
@@ -654,12 +658,7 @@ class _Demo:
         late = (grant.revoked_at - grant.expires_at).total_seconds()
         self._say(result, f"ledger: grant {grant.id[:8]}… revoked (reason: "
                           f"{grant.revoke_reason}) {late:.1f} s after its expiry")
-        if grant.revoke_reason != "expired":
-            raise StepFailed(f"revoked for {grant.revoke_reason}, not expired")
-        if self._is_member(self.sam_db):
-            raise StepFailed(f"{self.sam_db} is still a member of {self.role}")
-        self._say(result, f"PostgreSQL: {self.sam_db} is no longer a member of {self.role} "
-                          f"(members now: {', '.join(self._members(self.role)) or 'none'})")
+        self._check_revoked(result, grant, "expired", self.sam_db)
         note = self._wait("the revocation work note", lambda: next(
             (n for n in self.snow.work_notes(self.ritm) if "revoked" in n), None))
         self._say(result, f"work note on {self.ritm_number}: \"{_one_line(note)}\"")

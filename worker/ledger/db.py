@@ -93,19 +93,18 @@ class Ledger:
 
     def now(self, conn: Connection) -> datetime:
         """Time from the database server, so every worker agrees on expiry."""
-        if self.is_postgres:
-            value = conn.execute(text("SELECT now()")).scalar_one()
-            assert isinstance(value, datetime)
-            return value.astimezone(UTC)
-        return datetime.now(UTC)
+        return self._server_time(conn, "now()")
 
     def current_time(self, conn: Connection) -> datetime:
         """The database's wall clock now (``now()`` is frozen at transaction start)."""
-        if self.is_postgres:
-            value = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-            assert isinstance(value, datetime)
-            return value.astimezone(UTC)
-        return datetime.now(UTC)
+        return self._server_time(conn, "clock_timestamp()")
+
+    def _server_time(self, conn: Connection, function: str) -> datetime:
+        if not self.is_postgres:
+            return datetime.now(UTC)
+        value = conn.execute(text(f"SELECT {function}")).scalar_one()  # our constant
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
 
     def lock_audit_head(self, conn: Connection) -> tuple[int, str]:
         stmt = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
