@@ -13,6 +13,7 @@ block and carry only fixed text, the operation name and the status code.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import threading
@@ -313,11 +314,12 @@ class JiraSource:
         if not _TICKET_ID.match(ticket_id):
             raise TicketNotFound("jira: not an issue id or key")
         client = self._client()
-        raw: dict[str, Any] = self._call(
-            f"fetch {ticket_id}",
-            lambda: client.issue(ticket_id, expand="changelog").raw,
-            not_found=True,
-        )
+        # The JSON, not the library's Issue resource: only the raw fields are used, and
+        # building the resource tree cost more than the request.
+        raw = self._get(f"fetch {ticket_id}", f"issue/{ticket_id}", {"expand": "changelog"},
+                        not_found=True)
+        if not isinstance(raw, dict):
+            raise PermanentError("jira: issue response is not an object", code="source_invalid")
         issue_id = _opt_str(raw.get("id"))
         key = _opt_str(raw.get("key"))
         fields = raw.get("fields")
@@ -391,8 +393,12 @@ class JiraSource:
         # The marker goes on its own last line: easy to grep for and unlikely to be
         # reflowed by the wiki renderer.
         text = body if marker in body else f"{body.rstrip()}\n\n{marker}"
+        url = client._get_url(f"issue/{issue_id}/comment")
+        # What add_comment sends, without parsing the answer into a resource we discard.
         self._call(
-            f"comment on {issue_id}", lambda: client.add_comment(issue_id, text), not_found=True
+            f"comment on {issue_id}",
+            lambda: client._session.post(url, data=json.dumps({"body": text})),
+            not_found=True,
         )
         return True
 
