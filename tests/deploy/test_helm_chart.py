@@ -302,7 +302,8 @@ def test_web_probes_and_port(ci_manifests: list[Manifest]) -> None:
     assert port["containerPort"] == int(env_value(container, "JITGATE_HTTP_PORT"))
     assert env_value(container, "JITGATE_HTTP_HOST") == "0.0.0.0"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz?scope=intake",
+                                                      "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     service = one(ci_manifests, "Service", "jitgate")
     assert service.body["spec"]["ports"][0]["targetPort"] == "http"

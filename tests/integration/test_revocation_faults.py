@@ -141,3 +141,8 @@ def test_readiness_names_an_unreachable_target(stack: Stack, proxy: FaultProxy) 
     assert ready.status_code == 503
     assert ready.json()["problems"] == {"target:warehouse": "unavailable",
                                         "target:warehouse-b": "unavailable"}
+    # The load balancer's probe: intake needs only the ledger and the broker, so a
+    # target outage keeps the listener in rotation (revocations wait in the ledger).
+    intake = client.get("/readyz", params={"scope": "intake"})
+    assert (intake.status_code, intake.json()["problems"]) == (200, {})
+    assert client.get("/readyz", params={"scope": "everything"}).status_code == 422

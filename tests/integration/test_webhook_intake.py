@@ -147,6 +147,8 @@ def test_readiness_reports_a_stopped_broker(stack: Stack) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert set(ready.json()["problems"]) == {"broker"}
+    intake = client.get("/readyz", params={"scope": "intake"})  # the probe sees it too
+    assert (intake.status_code, set(intake.json()["problems"])) == (503, {"broker"})
     assert client.get("/healthz").status_code == 200  # alive, just not ready
 
 

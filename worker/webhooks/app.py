@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
@@ -163,8 +163,20 @@ class _Listener:
         self._checked_at, self._dependency_problems = now, problems
         return problems
 
-    async def readyz(self) -> JSONResponse:
-        problems: dict[str, str] = dict(await run_in_threadpool(self._dependencies))
+    async def readyz(self, scope: Literal["all", "intake"] = "all") -> JSONResponse:
+        """``scope=all`` (default): ledger, broker and every source and target.
+        ``scope=intake``: only what taking webhooks in needs (ledger and broker), for a
+        load balancer's probe: a target outage must not take every listener out of
+        rotation, since intake goes on and revocations wait in the ledger."""
+        problems = await run_in_threadpool(self._problems, scope == "all")
+        status = 503 if problems else 200
+        return JSONResponse({"ready": not problems, "scope": scope, "problems": problems},
+                            status_code=status)
+
+    def _problems(self, dependencies: bool) -> dict[str, str]:
+        # In a thread: connecting to a broker that is down takes seconds, which must not
+        # stall the event loop that answers webhooks.
+        problems: dict[str, str] = dict(self._dependencies()) if dependencies else {}
         try:
             with self.runtime.ledger.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -175,12 +187,11 @@ class _Listener:
                 conn.ensure_connection(max_retries=1, timeout=2)
         except Exception as exc:  # noqa: BLE001 - any broker failure means not ready
             problems["broker"] = exc.__class__.__name__
-        status = 503 if problems else 200
-        return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+        return problems
 
     async def metrics(self) -> Response:
         try:
-            body = render(self.runtime)
+            body = await run_in_threadpool(render, self.runtime)  # ledger queries
         except SQLAlchemyError as exc:
             log.error("metrics.ledger_unavailable", error=exc.__class__.__name__)
             return Response("ledger unavailable\n", status_code=503, media_type="text/plain")
