@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from connectors.errors import ConnectorError, TransientError
 from worker import flows
 from worker.ledger import audit, store
-from worker.ledger.schema import drift_findings, grants, poll_state
+from worker.ledger.schema import LIVE_STATES, drift_findings, grants, poll_state
 from worker.runtime import Runtime
 
 __all__ = ["DriftReport", "poll_sources", "reconcile_targets"]
@@ -32,7 +32,6 @@ log = structlog.get_logger("jitgate.reconcile")
 OVERLAP = timedelta(minutes=5)
 FIRST_LOOKBACK = timedelta(hours=24)
 LEASE = timedelta(minutes=5)
-_LIVE = ("pending", "active", "revoking", "revoke_failed")
 
 
 def poll_sources(rt: Runtime) -> list[str]:
@@ -115,7 +114,7 @@ def _release(rt: Runtime, kind: str, *, watermark: datetime | None = None,
 
 def _live_ticket_ids(conn: Connection, kind: str) -> list[str]:
     rows = conn.execute(
-        select(grants.c.ticket_uid).where(grants.c.state.in_(_LIVE)).distinct()
+        select(grants.c.ticket_uid).where(grants.c.state.in_(LIVE_STATES)).distinct()
     ).scalars()
     prefix = f"{kind}:"
     return [uid[len(prefix):] for uid in rows if uid.startswith(prefix)]
@@ -156,7 +155,7 @@ def _holders(rt: Runtime, target: str, role: str) -> tuple[set[str], dict[str, s
     with rt.ledger.tx() as conn:
         rows = conn.execute(
             select(grants.c.id, grants.c.principal, grants.c.state).where(
-                grants.c.target == target, grants.c.role == role, grants.c.state.in_(_LIVE)
+                grants.c.target == target, grants.c.role == role, grants.c.state.in_(LIVE_STATES)
             )
         ).all()
     return {r.principal for r in rows}, {r.principal: r.id for r in rows if r.state == "active"}

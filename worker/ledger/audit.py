@@ -16,10 +16,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from worker.ledger.db import Ledger
+from worker.ledger.db import Ledger, insert_unless_present
 from worker.ledger.schema import audit_events, audit_head
 
 __all__ = ["AUDIT_EVENTS", "AuditObserver", "ChainBreak", "append", "append_many", "canonical",
@@ -50,6 +48,27 @@ def _hash(prev_hash: str, body: str) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+def _link(seq: int, prev_hash: str, *, event: str, key: str, ts: datetime,
+          fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One link of the chain: the ``audit_events`` row and the stored event."""
+    if event not in AUDIT_EVENTS:
+        raise ValueError(f"unknown audit event {event!r}")
+    body: dict[str, Any] = {
+        **fields,  # first: a field can never override the chain's own keys
+        "seq": seq,
+        "ts": ts.isoformat().replace("+00:00", "Z"),
+        "event": event,
+        "event_key": key,
+        "prev_hash": prev_hash,
+    }
+    text_body = canonical(body)
+    digest = _hash(prev_hash, text_body)
+    row = {"seq": seq, "event_key": key, "ts": ts, "event": event,
+           "ticket_uid": _ticket_uid(fields), "grant_id": fields.get("grant_id"),
+           "payload": text_body, "prev_hash": prev_hash, "hash": digest}
+    return row, {**body, "hash": digest}
+
+
 def append(
     ledger: Ledger,
     conn: Connection,
@@ -63,38 +82,18 @@ def append(
 
     Must run inside the transaction that makes the change it describes.
     """
-    if event not in AUDIT_EVENTS:
-        raise ValueError(f"unknown audit event {event!r}")
     seq, prev_hash = ledger.lock_audit_head(conn)
-    body: dict[str, Any] = {
-        **fields,  # first: a field can never override the chain's own keys
-        "seq": seq + 1,
-        "ts": ts.isoformat().replace("+00:00", "Z"),
-        "event": event,
-        "event_key": key,
-        "prev_hash": prev_hash,
-    }
-    text_body = canonical(body)
-    digest = _hash(prev_hash, text_body)
-    stmt = pg_insert(audit_events) if ledger.is_postgres else sqlite_insert(audit_events)
+    row, stored = _link(seq + 1, prev_hash, event=event, key=key, ts=ts, fields=fields)
     # A key recorded before (a retried task) inserts nothing and leaves the chain as is.
     inserted = conn.execute(
-        stmt.values(
-            seq=seq + 1,
-            event_key=key,
-            ts=ts,
-            event=event,
-            ticket_uid=_ticket_uid(fields),
-            grant_id=fields.get("grant_id"),
-            payload=text_body,
-            prev_hash=prev_hash,
-            hash=digest,
-        ).on_conflict_do_nothing(index_elements=["event_key"]).returning(audit_events.c.seq)
+        insert_unless_present(conn, audit_events, ["event_key"]).values(row)
+        .returning(audit_events.c.seq)
     ).first()
     if inserted is None:
         return None
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq + 1, hash=digest))
-    return {**body, "hash": digest}
+    conn.execute(update(audit_head).where(audit_head.c.id == 1)
+                 .values(seq=row["seq"], hash=row["hash"]))
+    return stored
 
 
 def append_many(
@@ -105,38 +104,30 @@ def append_many(
     ts: datetime,
 ) -> list[dict[str, Any]]:
     """``append`` for many ``(event, key, fields)``: the head is locked once, keys are
-    checked in one query and the rows inserted in one statement, so a batch of
-    revocations holds the chain's lock for milliseconds, not per event."""
+    checked in one query (a skipped row inside one insert would leave a gap in the
+    chain) and the rows inserted in one statement, so a batch of revocations holds the
+    chain's lock for milliseconds, not per event."""
     if not items:
         return []
-    for event, _, _ in items:
-        if event not in AUDIT_EVENTS:
-            raise ValueError(f"unknown audit event {event!r}")
     seq, prev_hash = ledger.lock_audit_head(conn)
     keys = [key for _, key, _ in items]
     seen = set(conn.execute(select(audit_events.c.event_key)
                             .where(audit_events.c.event_key.in_(keys))).scalars())
     rows: list[dict[str, Any]] = []
     stored: list[dict[str, Any]] = []
-    stamp = ts.isoformat().replace("+00:00", "Z")
     for event, key, fields in items:
         if key in seen:
             continue
         seen.add(key)
-        seq += 1
-        body: dict[str, Any] = {**fields, "seq": seq, "ts": stamp, "event": event,
-                                "event_key": key, "prev_hash": prev_hash}
-        text_body = canonical(body)
-        digest = _hash(prev_hash, text_body)
-        rows.append({"seq": seq, "event_key": key, "ts": ts, "event": event,
-                     "ticket_uid": _ticket_uid(fields), "grant_id": fields.get("grant_id"),
-                     "payload": text_body, "prev_hash": prev_hash, "hash": digest})
-        stored.append({**body, "hash": digest})
-        prev_hash = digest
+        row, event_stored = _link(seq + len(rows) + 1, prev_hash, event=event, key=key,
+                                  ts=ts, fields=fields)
+        rows.append(row)
+        stored.append(event_stored)
+        prev_hash = row["hash"]
     if rows:
         conn.execute(insert(audit_events), rows)
         conn.execute(update(audit_head).where(audit_head.c.id == 1)
-                     .values(seq=seq, hash=prev_hash))
+                     .values(seq=rows[-1]["seq"], hash=prev_hash))
     return stored
 
 

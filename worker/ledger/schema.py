@@ -26,6 +26,7 @@ from sqlalchemy import (
 
 __all__ = [
     "GRANT_STATES",
+    "LIVE_STATES",
     "UTCDateTime",
     "audit_events",
     "audit_head",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 GRANT_STATES = ("pending", "active", "revoking", "revoked", "grant_failed", "revoke_failed")
+# States in which a grant still holds, or may still hold, access on its target.
+LIVE_STATES = ("pending", "active", "revoking", "revoke_failed")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

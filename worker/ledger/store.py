@@ -8,14 +8,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, and_, bindparam, insert, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Row, Table, and_, bindparam, or_, select, tuple_, update
 
 from connectors.base import TicketRef, TicketSnapshot
 from policies.engine import LedgerGrant
-from worker.ledger.db import Ledger
+from worker.ledger.db import Ledger, insert_unless_present
 from worker.ledger.schema import comments, grants, inbox, tickets
 
 __all__ = [
@@ -38,30 +35,11 @@ def record_delivery(
     now: datetime,
 ) -> tuple[str, bool]:
     """Store a verified delivery in the inbox. Returns (inbox id, is_duplicate)."""
-    inbox_id = str(uuid.uuid4())
-    try:
-        with ledger.tx() as conn:
-            conn.execute(
-                insert(inbox).values(
-                    id=inbox_id,
-                    source=source,
-                    delivery_key=delivery_key[:200],
-                    ticket_uid=f"{source}:{ticket_id}",
-                    ticket_id=ticket_id,
-                    ticket_key=ticket_key,
-                    event_version=event_version,
-                    received_at=now,
-                )
-            )
-    except IntegrityError:
-        with ledger.tx() as conn:
-            existing = conn.execute(
-                select(inbox.c.id).where(
-                    inbox.c.source == source, inbox.c.delivery_key == delivery_key[:200]
-                )
-            ).scalar_one()
-        return str(existing), True
-    return inbox_id, False
+    with ledger.tx() as conn:
+        return record_deliveries(conn, [{
+            "source": source, "delivery_key": delivery_key, "ticket_id": ticket_id,
+            "ticket_key": ticket_key, "event_version": event_version,
+        }], now=now)[0]
 
 
 def record_deliveries(conn: Connection, items: Sequence[dict[str, Any]], *,
@@ -80,10 +58,8 @@ def record_deliveries(conn: Connection, items: Sequence[dict[str, Any]], *,
     ]
     if not rows:
         return []
-    insert_stmt = (pg_insert(inbox) if conn.dialect.name == "postgresql" else sqlite_insert(inbox))
     stored = set(conn.execute(
-        insert_stmt.values(rows)
-        .on_conflict_do_nothing(index_elements=["source", "delivery_key"])
+        insert_unless_present(conn, inbox, ["source", "delivery_key"]).values(rows)
         .returning(inbox.c.id)
     ).scalars())
     missing = {(r["source"], r["delivery_key"]) for r in rows if r["id"] not in stored}
@@ -206,9 +182,8 @@ def _insert_new(conn: Connection, table: Table, values: dict[str, Any],
                 conflict: list[str]) -> bool:
     """INSERT unless a row with the same ``conflict`` key exists; True when inserted.
     One statement, where a savepoint around a plain INSERT costs three round trips."""
-    stmt = pg_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
     inserted = conn.execute(
-        stmt.values(**values).on_conflict_do_nothing(index_elements=conflict)
+        insert_unless_present(conn, table, conflict).values(**values)
         .returning(table.c[conflict[0]])
     ).first()
     return inserted is not None
@@ -239,23 +214,6 @@ def request_revoke(
         )
     )
     return bool(result.rowcount)
-
-
-def request_revoke_many(conn: Connection, grant_ids: Sequence[str], *, reason: str,
-                        now: datetime, retry_at: datetime) -> list[str]:
-    """``request_revoke`` for many, in one statement; returns the ids it moved, in the
-    order given (the sweep's order: the most overdue first)."""
-    if not grant_ids:
-        return []
-    moved = conn.execute(
-        update(grants)
-        .where(grants.c.id.in_(list(grant_ids)), grants.c.state.in_(("pending", "active")))
-        .values(state="revoking", revoke_reason=reason, revoke_requested_at=now, attempts=0,
-                next_attempt_at=retry_at, updated_at=now)
-        .returning(grants.c.id)
-    ).scalars()
-    done = {str(grant_id) for grant_id in moved}
-    return [grant_id for grant_id in grant_ids if grant_id in done]
 
 
 def lock_grant(ledger: Ledger, conn: Connection, grant_id: str) -> Row[Any] | None:
@@ -334,24 +292,18 @@ def mark_revoked(conn: Connection, items: Sequence[dict[str, Any]], *, now: date
 
 def add_comments(conn: Connection, items: Sequence[tuple[TicketRef, str, str]], *,
                  now: datetime) -> list[str]:
-    """``add_comment`` for many (ref, marker, body): one existence query, one insert.
-    The caller holds the rows it comments on, so no concurrent insert races a marker."""
-    if not items:
+    """Queue comments (ref, marker, body) in the outbox, in one statement; a marker
+    queued before is skipped. Returns the ids of the new ones, in order."""
+    rows: list[dict[str, Any]] = [{"id": str(uuid.uuid4()), "marker": marker, "ticket_uid": ref.uid,
+             "source": ref.source, "ticket_id": ref.id, "ticket_key": ref.key,
+             "ticket_url": ref.url, "body": body, "created_at": now}
+            for ref, marker, body in items]
+    if not rows:
         return []
-    markers = [marker for _, marker, _ in items]
-    seen = set(conn.execute(select(comments.c.marker).where(comments.c.marker.in_(markers)))
-               .scalars())
-    rows: list[dict[str, Any]] = []
-    for ref, marker, body in items:
-        if marker in seen:
-            continue
-        seen.add(marker)
-        rows.append({"id": str(uuid.uuid4()), "marker": marker, "ticket_uid": ref.uid,
-                     "source": ref.source, "ticket_id": ref.id, "ticket_key": ref.key,
-                     "ticket_url": ref.url, "body": body, "created_at": now})
-    if rows:
-        conn.execute(insert(comments), rows)
-    return [row["id"] for row in rows]
+    new = set(conn.execute(
+        insert_unless_present(conn, comments, ["marker"]).values(rows).returning(comments.c.id)
+    ).scalars())
+    return [str(row["id"]) for row in rows if row["id"] in new]
 
 
 def approval_siblings(conn: Connection, row: Row[Any]) -> list[str]:
@@ -401,13 +353,8 @@ def latest_expiry(conn: Connection, row: Row[Any]) -> datetime:
 def add_comment(
     conn: Connection, *, ref: TicketRef, marker: str, body: str, now: datetime
 ) -> str | None:
-    comment_id = str(uuid.uuid4())
-    inserted = _insert_new(conn, comments, {
-        "id": comment_id, "marker": marker, "ticket_uid": ref.uid, "source": ref.source,
-        "ticket_id": ref.id, "ticket_key": ref.key, "ticket_url": ref.url, "body": body,
-        "created_at": now,
-    }, ["marker"])
-    return comment_id if inserted else None
+    added = add_comments(conn, [(ref, marker, body)], now=now)
+    return added[0] if added else None
 
 
 def due_work(conn: Connection, *, now: datetime, stuck_after: timedelta,

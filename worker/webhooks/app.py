@@ -38,7 +38,6 @@ __all__ = ["create_app", "jira_signature_ok"]
 
 log = structlog.get_logger("jitgate.webhooks")
 
-_LIVE = ("pending", "active", "revoking", "revoke_failed")
 
 
 def jira_signature_ok(raw: bytes, header: str | None, secrets: tuple[bytes, ...]) -> bool:

@@ -22,14 +22,13 @@ from sqlalchemy import select
 
 from worker.celery_app import JitgateCelery
 from worker.ledger import store
-from worker.ledger.schema import grants
+from worker.ledger.schema import LIVE_STATES, grants
 from worker.runtime import Runtime
 
 __all__ = ["Answer", "IntakeWriter", "Pending"]
 
 log = structlog.get_logger("jitgate.webhooks")
 
-_LIVE = ("pending", "active", "revoking", "revoke_failed")
 
 Status = Literal["queued", "held", "duplicate", "ignored", "ledger_down"]
 
@@ -123,7 +122,7 @@ class IntakeWriter:
                 # A ticket that holds grants matters even after it left every policy.
                 held = set(conn.execute(
                     select(grants.c.ticket_uid).distinct()
-                    .where(grants.c.ticket_uid.in_(unsure), grants.c.state.in_(_LIVE))
+                    .where(grants.c.ticket_uid.in_(unsure), grants.c.state.in_(LIVE_STATES))
                 ).scalars())
             keep = [p for p in batch if p.covered or f"{p.source}:{p.ticket_id}" in held]
             stored = iter(store.record_deliveries(
